@@ -1,0 +1,21 @@
+# `make test` on a fresh machine: builds .venv, installs torch 2.13.0 (the CPU wheel on disk) first so the
+# open torch range never pulls a CUDA build, then s3pipes with its test extra, then runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test check
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+check: install
+	$(BIN)/pip check
+
+test: install
+	$(BIN)/python -m pytest -q

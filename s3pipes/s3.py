@@ -1,0 +1,548 @@
+"""The one place that talks to S3: URL parsing, clients, retries, errors, reads and writes.
+
+Everything else in s3pipes calls :class:`S3Client`. A client holds only its :class:`S3Config`, so it
+pickles to DataLoader workers; the boto3 client behind it is built lazily, once per process (keyed by
+pid), because a boto3 client shared across ``fork`` is not safe.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any, Iterator, NamedTuple
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
+
+from .config import S3Config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-west-2"
+_ENDPOINT_VARS = ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CREDENTIALS_HELP = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (after `aws configure` or "
+    "`aws sso login`), or run where an instance/task role is attached; for a public bucket use "
+    "S3Config(anonymous=True)"
+)
+# Errors in the body of a response, after the status line: the request is repeated from the byte reached.
+_BODY_ERRORS = (
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+# --------------------------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True)
+class S3Url:
+    """A parsed ``s3://bucket/key`` URL; a key that is empty or ends in ``/`` is a prefix."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Url:
+        if not isinstance(url, str) or not url.startswith("s3://"):
+            raise ValueError(f"{url!r} is not an S3 URL; expected 's3://bucket/key' or 's3://bucket/prefix/'")
+        bucket, _, key = url[5:].partition("/")
+        if not bucket or any(c in bucket for c in " \\?#") or bucket != bucket.strip():
+            raise ValueError(f"{url!r} has no valid bucket name; expected 's3://bucket/key' or 's3://bucket/prefix/'")
+        return cls(bucket, key)
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.key == "" or self.key.endswith("/")
+
+    def child(self, key: str) -> S3Url:
+        return S3Url(self.bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_url(url: str) -> S3Url:
+    """Parse ``s3://bucket/key``; anything else is a ``ValueError`` quoting the string."""
+    return S3Url.parse(url)
+
+
+class ObjectInfo(NamedTuple):
+    """One listed object: its URL and size in bytes."""
+
+    url: str
+    size: int
+
+
+# ------------------------------------------------------------------------------------------ clients
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    region: str
+    endpoint_url: str | None
+    path_style: bool
+    verify: bool
+
+
+def _resolve(cfg: S3Config) -> _Resolved:
+    endpoint = cfg.endpoint_url or next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        try:
+            region = boto3.session.Session(profile_name=cfg.profile).region_name
+        except botocore.exceptions.ProfileNotFound as e:
+            raise ValueError(f"AWS profile {cfg.profile!r} is not configured: {e}") from None
+    path_style = cfg.path_style if cfg.path_style is not None else endpoint is not None
+    verify = cfg.verify_ssl if cfg.verify_ssl is not None else os.environ.get("S3_VERIFY_SSL", "1") != "0"
+    return _Resolved(region or DEFAULT_REGION, endpoint, path_style, verify)
+
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, S3Config], Any] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _after_fork() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    global _lock
+    _lock = threading.Lock()
+    _clients.clear()
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _boto_client(cfg: S3Config) -> Any:
+    key = (os.getpid(), cfg)
+    client = _clients.get(key)
+    if client is None:
+        with _lock:  # boto3 sessions are not thread-safe
+            client = _clients.get(key)
+            if client is None:
+                r = _resolve(cfg)
+                try:
+                    session = boto3.session.Session(profile_name=cfg.profile)
+                except botocore.exceptions.ProfileNotFound as e:
+                    raise ValueError(f"AWS profile {cfg.profile!r} is not configured: {e}") from None
+                bc = botocore.config.Config(
+                    region_name=r.region,
+                    signature_version=UNSIGNED if cfg.anonymous else None,
+                    s3={"addressing_style": "path" if r.path_style else "auto"},
+                    retries={"total_max_attempts": cfg.max_attempts, "mode": "standard"},
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout,
+                    max_pool_connections=cfg.max_concurrency + 4,
+                    tcp_keepalive=True,
+                )
+                client = session.client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
+                _clients[key] = client
+                log.debug("built S3 client in pid %d: region=%s endpoint=%s", os.getpid(), r.region, r.endpoint_url)
+    return client
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), size)
+    pool = _pools.get(key)
+    if pool is None:
+        with _lock:
+            pool = _pools.setdefault(key, ThreadPoolExecutor(size, thread_name_prefix="s3pipes"))
+    return pool
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+class BucketNotFoundError(FileNotFoundError):
+    """The bucket does not exist (at this endpoint and region)."""
+
+
+class ObjectChangedError(OSError):
+    """The object was replaced while it was being read; its parts would not belong together."""
+
+
+def _attempts(e: BaseException) -> int:
+    meta = getattr(e, "response", {}).get("ResponseMetadata", {}) if hasattr(e, "response") else {}
+    return int(meta.get("RetryAttempts", 0)) + 1
+
+
+def _translate(e: Exception, url: str, cfg: S3Config, action: str) -> Exception:
+    """Map a botocore error to the built-in exception users catch, naming the URL and the fix."""
+    if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return PermissionError(f"{url}: no AWS credentials found to {action}; {_CREDENTIALS_HELP}")
+    if isinstance(e, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+        return TimeoutError(
+            f"{url}: timed out trying to {action} after {cfg.max_attempts} attempts ({e}); check the "
+            f"endpoint and network, or raise S3Config(read_timeout=..., max_attempts=...)"
+        )
+    if isinstance(e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
+        return ConnectionError(
+            f"{url}: cannot connect to the S3 endpoint to {action} after {cfg.max_attempts} attempts ({e}); "
+            f"check S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network"
+        )
+    if isinstance(e, botocore.exceptions.ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        bucket = S3Url.parse(url).bucket if url.startswith("s3://") else url
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(
+                f"{url}: bucket {bucket!r} does not exist; check the bucket name, the region and the endpoint"
+            )
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FileNotFoundError(f"{url}: no such object; check the key (s3pipes.list_objects lists a prefix)")
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301", "IllegalLocationConstraintException"):
+            region = err.get("Region") or e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
+                "x-amz-bucket-region"
+            )
+            where = f"; the bucket is in {region}, set AWS_REGION={region}" if region else ""
+            return ValueError(f"{url}: wrong region or endpoint for bucket {bucket!r}{where}")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            return PermissionError(f"{url}: the AWS credentials were rejected ({code}); {_CREDENTIALS_HELP}")
+        if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+            return PermissionError(
+                f"{url}: access denied to {action} ({code}); check that the credentials in use may read this "
+                f"bucket, or set S3Config(requester_pays=True) for a requester-pays bucket"
+            )
+        if code in ("PreconditionFailed", "412"):
+            return ObjectChangedError(f"{url}: the object changed while it was being read; read it again")
+        if code == "InvalidRange":
+            return ValueError(f"{url}: the byte range is outside the object")
+        return ConnectionError(
+            f"{url}: S3 answered {code or status} to {action} after {_attempts(e)} attempts: "
+            f"{err.get('Message', e)}"
+        )
+    if isinstance(e, _BODY_ERRORS):
+        return ConnectionError(f"{url}: the connection broke while trying to {action} ({e})")
+    return e
+
+
+class _Breaks:
+    """Counts broken response bodies of one read. A body that delivers ``_PROGRESS`` bytes before it
+    breaks earns the attempts back, so a long stream survives scattered faults but not a dead server."""
+
+    _PROGRESS = 1 << 20
+
+    def __init__(self, url: object, attempts: int) -> None:
+        self.url, self.attempts, self.left, self.mark = url, attempts, attempts, -1
+
+    def broke(self, pos: int, cause: BaseException) -> None:
+        if self.mark >= 0 and pos - self.mark >= self._PROGRESS:
+            self.left = self.attempts
+        self.mark = pos
+        self.left -= 1
+        if self.left <= 0:
+            raise ConnectionError(
+                f"{self.url}: the response body broke {self.attempts} times in a row, last at byte {pos}: {cause}"
+            ) from cause
+        log.info("%s: body broke at byte %d (%s); resuming", self.url, pos, cause)
+
+
+# ------------------------------------------------------------------------------------------- client
+
+
+class S3Client:
+    """Lists, sizes, checks, reads and writes S3 objects; safe to pickle and to share across threads.
+
+    >>> s3 = S3Client(S3Config(endpoint_url="http://127.0.0.1:9000"))  # doctest: +SKIP
+    >>> [o.url for o in s3.list("s3://bucket/train/")]                  # doctest: +SKIP
+    ['s3://bucket/train/shard-000.tar', 's3://bucket/train/shard-001.tar']
+    >>> s3.read_range("s3://bucket/train/shard-000.tar", 0, 512)        # doctest: +SKIP
+    """
+
+    def __init__(self, config: S3Config | None = None) -> None:
+        self.config = config or S3Config()
+
+    def __repr__(self) -> str:
+        return f"S3Client({self.config!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Client) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash(self.config)
+
+    @property
+    def _s3(self) -> Any:
+        return _boto_client(self.config)
+
+    def _extra(self) -> dict[str, str]:
+        return {"RequestPayer": "requester"} if self.config.requester_pays else {}
+
+    @contextmanager
+    def _errors(self, url: str, action: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:
+            err = _translate(e, url, self.config, action)
+            if err is e:
+                raise
+            raise err from e
+
+    def _raise_if_no_bucket(self, u: S3Url, e: FileNotFoundError) -> None:
+        """A 404 on a HEAD does not say whether the bucket or the key is missing: ask the bucket."""
+        if not isinstance(e, BucketNotFoundError):
+            self.check_bucket(str(u))
+
+    # -- metadata
+
+    def check_bucket(self, url: str) -> None:
+        """Raise unless the bucket of ``url`` exists and these credentials may use it."""
+        u = S3Url.parse(url)
+        with self._errors(url, "check the bucket"):
+            try:
+                self._s3.head_bucket(Bucket=u.bucket, **self._extra())
+            except botocore.exceptions.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code", "")) in ("404", "NotFound"):
+                    e.response["Error"]["Code"] = "NoSuchBucket"  # HEAD has no body to say so
+                raise
+
+    def head(self, url: str) -> dict[str, Any]:
+        u = S3Url.parse(url)
+        try:
+            with self._errors(url, "read the object's metadata"):
+                return self._s3.head_object(Bucket=u.bucket, Key=u.key, **self._extra())
+        except FileNotFoundError as e:
+            self._raise_if_no_bucket(u, e)
+            raise
+
+    def size(self, url: str) -> int:
+        """The object's size in bytes."""
+        return int(self.head(url)["ContentLength"])
+
+    def exists(self, url: str) -> bool:
+        """Whether the object exists; a missing bucket or denied access still raises."""
+        try:
+            self.head(url)
+        except BucketNotFoundError:
+            raise
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- listing
+
+    def list(self, url: str) -> Iterator[ObjectInfo]:
+        """Objects under a prefix, in key order, page by page as they are consumed.
+
+        A URL that names an object yields that object alone; ``s3://b/dir`` with no such object lists
+        ``s3://b/dir/``. Zero-byte ``dir/`` markers are skipped. A prefix with no objects raises
+        ``FileNotFoundError``.
+        """
+        u = S3Url.parse(url)
+        if not u.is_prefix:
+            try:
+                size = self.size(url)
+            except BucketNotFoundError:
+                raise
+            except FileNotFoundError:
+                u = u.child(u.key + "/")
+            else:
+                yield ObjectInfo(url, size)
+                return
+        found = False
+        pages = iter(self._s3.get_paginator("list_objects_v2").paginate(Bucket=u.bucket, Prefix=u.key, **self._extra()))
+        while True:
+            with self._errors(str(u), "list the prefix"):
+                page = next(pages, None)
+            if page is None:
+                break
+            for obj in page.get("Contents", ()):
+                if obj["Key"].endswith("/"):
+                    continue
+                found = True
+                yield ObjectInfo(f"s3://{u.bucket}/{obj['Key']}", int(obj["Size"]))
+        if not found:
+            raise FileNotFoundError(f"{u}: no objects under this prefix; check the bucket and prefix")
+
+    # -- reads
+
+    def _get(self, u: S3Url, start: int = 0, end: int | None = None, etag: str | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": u.bucket, "Key": u.key}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if etag:
+            kwargs["IfMatch"] = etag
+        try:
+            with self._errors(str(u), "read the object"):
+                return self._s3.get_object(**kwargs, **self._extra())
+        except FileNotFoundError as e:
+            self._raise_if_no_bucket(u, e)
+            raise
+
+    def _read_body(self, u: S3Url, resp: dict[str, Any], start: int, end: int) -> bytes:
+        """The bytes ``[start, end)`` from ``resp``'s body, re-requesting from the byte reached when the
+        body breaks; the re-request is pinned to the ETag so a replaced object is an error, not a splice."""
+        buf = bytearray(end - start)
+        view = memoryview(buf)
+        got, etag, breaks = 0, resp.get("ETag"), _Breaks(u, self.config.max_attempts)
+        while True:
+            try:
+                raw = resp["Body"]
+                while got < len(buf):
+                    chunk = raw.read(min(len(buf) - got, 1 << 20))
+                    if not chunk:
+                        break
+                    view[got : got + len(chunk)] = chunk
+                    got += len(chunk)
+                if got == len(buf):
+                    return bytes(buf)
+                cause: Exception = EOFError(f"body ended after {got} of {len(buf)} bytes")
+            except _BODY_ERRORS as e:
+                cause = e
+            finally:
+                resp["Body"].close()
+            breaks.broke(start + got, cause)
+            resp = self._get(u, start + got, end, etag)
+
+    def read(self, url: str) -> bytes:
+        """The whole object. Objects over two parts are fetched as parallel ranged GETs."""
+        u = S3Url.parse(url)
+        resp = self._get(u)
+        size = int(resp["ContentLength"])
+        part = self.config.part_size
+        if size <= 2 * part:
+            return self._read_body(u, resp, 0, size)
+        first = self._read_body(u, resp, 0, part)  # reads one part, then drops the connection
+        etag = resp.get("ETag")
+        ranges = [(s, min(s + part, size)) for s in range(part, size, part)]
+        parts = _pool(self.config.max_concurrency).map(lambda r: self._read_range(u, r[0], r[1], etag), ranges)
+        return b"".join([first, *parts])
+
+    def _read_range(self, u: S3Url, start: int, end: int, etag: str | None) -> bytes:
+        if end <= start:
+            return b""
+        resp = self._get(u, start, end, etag)
+        return self._read_body(u, resp, start, start + int(resp["ContentLength"]))
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the object; fewer only where the object ends before ``end``."""
+        if start < 0 or end < start:
+            raise ValueError(f"{url}: bad byte range [{start}, {end})")
+        return self._read_range(S3Url.parse(url), start, end, None)
+
+    def open(self, url: str, size: int | None = None, buffer_size: int = 1 << 20) -> io.BufferedReader:
+        """A seekable, read-only file over the object that streams, holding at most ``buffer_size``."""
+        return io.BufferedReader(S3RawFile(self, url, size), buffer_size=buffer_size)
+
+    # -- writes
+
+    def write(self, url: str, data: bytes | bytearray | memoryview | IO[bytes]) -> None:
+        """Write ``data`` (bytes or a binary stream) to ``url``: multipart in ``part_size`` pieces when
+        large, uploaded in parallel, streamed without a temporary file. A failed upload is aborted, so
+        nothing is left at the key."""
+        u = S3Url.parse(url)
+        if u.is_prefix:
+            raise ValueError(f"{url!r} ends in '/'; name an object to write, e.g. 's3://bucket/dir/file.bin'")
+        body = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        cfg = TransferConfig(
+            multipart_threshold=self.config.part_size,
+            multipart_chunksize=self.config.part_size,
+            max_concurrency=min(self.config.max_concurrency, 16),
+        )
+        with self._errors(url, "write the object"):
+            self._s3.upload_fileobj(body, u.bucket, u.key, Config=cfg, ExtraArgs=self._extra())
+
+
+class S3RawFile(io.RawIOBase):
+    """A seekable raw file over one object: sequential reads share one streaming GET; a seek starts a new
+    ranged GET at the next read. Pinned to the ETag of the first response."""
+
+    def __init__(self, client: S3Client, url: str, size: int | None = None) -> None:
+        super().__init__()
+        self._client, self._url, self._u = client, url, S3Url.parse(url)
+        self._size, self._etag = size, None
+        self._pos = 0
+        self._resp: dict[str, Any] | None = None
+        self._resp_pos = -1  # the byte offset the open body is at
+        self._breaks = _Breaks(url, client.config.max_attempts)
+
+    @property
+    def name(self) -> str:
+        return self._url
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _stat(self) -> None:
+        head = self._client.head(self._url)
+        self._size, self._etag = int(head["ContentLength"]), head.get("ETag")
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._stat()
+        assert self._size is not None
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if pos < 0:
+            raise OSError(f"{self._url}: seek to negative position {pos}")
+        self._pos = pos
+        return pos
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            self._resp["Body"].close()
+            self._resp = None
+
+    def readinto(self, b: Any) -> int:
+        if self._pos and self._size is None:
+            self._stat()  # a ranged GET past the end would be an error, not an EOF
+        if self._size is not None and self._pos >= self._size:
+            return 0
+        view = memoryview(b).cast("B")
+        while True:
+            if self._resp is None or self._resp_pos != self._pos:
+                self._drop()
+                self._resp = self._client._get(self._u, self._pos, None, self._etag)
+                self._resp_pos = self._pos
+                self._etag = self._etag or self._resp.get("ETag")
+                if self._size is None:
+                    self._size = int(self._resp["ContentLength"])
+            try:
+                n = self._resp["Body"]._raw_stream.readinto(view)
+                if n == 0 and self._pos < self.size:
+                    raise EOFError(f"body ended at byte {self._pos} of {self.size}")
+            except (*_BODY_ERRORS, urllib3.exceptions.HTTPError, OSError, EOFError) as e:
+                self._drop()
+                self._breaks.broke(self._pos, e)
+                continue
+            self._pos += n
+            self._resp_pos = self._pos
+            return n
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+    def __getstate__(self) -> None:
+        raise TypeError(f"an open S3 file ({self._url}) cannot be pickled; pass its URL instead")

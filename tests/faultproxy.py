@@ -1,0 +1,172 @@
+"""An HTTP proxy that stands between a client and an S3 endpoint and breaks requests on purpose.
+
+Each request is either passed through or given one fault: an S3 error status, a body cut off after some
+bytes (the connection is then closed), or a stall that answers nothing. Faults come from a script (a
+list consumed in request order) or at random with a seeded rate. Run by hand:
+
+    python tests/faultproxy.py --upstream http://127.0.0.1:5000 --rate 0.1 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import random
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+_S3_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+    403: ("AccessDenied", "Access Denied"),
+    301: ("PermanentRedirect", "The bucket you are attempting to access must be addressed using the specified endpoint."),
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "status", "truncate" or "stall"
+    status: int = 0
+    keep: int = 0  # bytes of the body sent before a truncate closes the connection
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def error(cls, status: int, **headers: str) -> Fault:
+        return cls("status", status=status, headers=tuple(headers.items()))
+
+    @classmethod
+    def truncate(cls, keep: int) -> Fault:
+        return cls("truncate", keep=keep)
+
+    @classmethod
+    def stall(cls) -> Fault:
+        return cls("stall")
+
+
+class FaultProxy:
+    """Proxy ``upstream`` on 127.0.0.1; ``url`` is where clients connect.
+
+    ``script`` faults apply to requests in order (``None`` passes one through); once it is used up,
+    ``rate`` gives each request that ``applies`` a seeded chance of a random fault. ``log`` records
+    ``(method, path, fault)`` for every request.
+    """
+
+    def __init__(self, upstream: str, script: list[Fault | None] | None = None, rate: float = 0.0,
+                 seed: int = 0, applies: Callable[[str, str], bool] = lambda method, path: True) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.script = list(script or [])
+        self.rate, self.rng, self.applies = rate, random.Random(seed), applies
+        self.log: list[tuple[str, str, Fault | None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            if not self.applies(method, path):
+                fault = None
+            elif self.script:
+                fault = self.script.pop(0)
+            elif self.rate and self.rng.random() < self.rate:
+                fault = self.rng.choice(
+                    [Fault.error(503), Fault.error(500), Fault.truncate(self.rng.randrange(0, 4096))]
+                )
+            else:
+                fault = None
+            self.log.append((method, path, fault))
+            return fault
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._next_fault(self.command, self.path)
+                if fault is not None and fault.kind == "stall":
+                    proxy._stop.wait(60)
+                    self.close_connection = True
+                    return
+                if fault is not None and fault.kind == "status":
+                    code, message = _S3_ERRORS.get(fault.status, ("Error", "injected"))
+                    xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
+                           f"<Message>{message}</Message></Error>").encode()
+                    self.send_response(fault.status)
+                    for k, v in fault.headers:
+                        self.send_header(k.replace("_", "-"), v)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(0 if self.command == "HEAD" else len(xml)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(xml)
+                    return
+                up = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    headers["Host"] = proxy.upstream.netloc
+                    up.request(self.command, self.path, body=body, headers=headers)
+                    resp = up.getresponse()
+                    data = resp.read()
+                finally:
+                    up.close()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                if fault is not None and fault.kind == "truncate" and self.command != "HEAD":
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data[: min(fault.keep, max(len(data) - 1, 0))])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upstream", required=True, help="the S3 endpoint to stand in front of")
+    parser.add_argument("--rate", type=float, default=0.1, help="chance of a fault per request")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with FaultProxy(args.upstream, rate=args.rate, seed=args.seed) as proxy:
+        print(f"fault proxy on {proxy.url} -> {args.upstream} (rate {args.rate}); Ctrl-C stops it", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
