@@ -24,6 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 
 from .config import S3Config
+from .errors import BucketNotFoundError, ObjectChangedError
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +166,6 @@ def _pool(size: int) -> ThreadPoolExecutor:
 
 
 # ------------------------------------------------------------------------------------------- errors
-
-
-class BucketNotFoundError(FileNotFoundError):
-    """The bucket does not exist (at this endpoint and region)."""
-
-
-class ObjectChangedError(OSError):
-    """The object was replaced while it was being read; its parts would not belong together."""
 
 
 def _attempts(e: BaseException) -> int:

@@ -25,7 +25,7 @@ _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAUL
           "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def endpoint() -> Iterator[str]:
     """The moto server's URL. It is also S3_ENDPOINT_URL for the whole session, DataLoader workers included."""
     for name in _UNSET:

@@ -86,7 +86,7 @@ def test_region_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  
 
 def test_unknown_profile_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'nope' is not configured"):
-        _resolve(S3Config(profile="nope"))
+        S3Client(S3Config(profile="nope")).read("s3://b/k")
 
 
 def test_endpoint_precedence_and_path_style(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,13 @@
+"""Exceptions of s3pipes beyond the built-in ones; each subclasses the built-in exception users catch."""
+
+
+class BucketNotFoundError(FileNotFoundError):
+    """The bucket does not exist (at this endpoint and region)."""
+
+
+class ObjectChangedError(OSError):
+    """The object was replaced while it was being read; its parts would not belong together."""
+
+
+class CorruptArchiveError(ValueError):
+    """A tar or zip shard could not be read; the message names the shard and, where known, the member."""

@@ -1,0 +1,11 @@
+"""The DataPipes of s3pipes, one a module; importing registers their functional names."""
+
+from .buffer_shuffler import BufferShuffler
+from .grouper import SampleGrouper
+from .lister import S3Lister
+from .reader import S3Reader
+from .shard_shuffler import ShardShuffler
+from .tar import TarExpander
+from .zip import ZipExpander
+
+__all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]

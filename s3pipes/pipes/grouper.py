@@ -1,0 +1,46 @@
+"""SampleGrouper: archive members in, one dict per sample out."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from torch.utils.data import IterDataPipe
+from torch.utils.data.datapipes._decorator import functional_datapipe
+
+
+@functional_datapipe("group_samples")
+class SampleGrouper(IterDataPipe[dict[str, Any]]):
+    """Groups consecutive ``(name, bytes)`` members that share a basename into one sample
+    (functional name: ``group_samples``), as webdataset shards are laid out: ``s00013.cls`` and
+    ``s00013.png`` become ``{"__key__": "s00013", "__url__": <shard>, "cls": b"3", "png": b"..."}``.
+
+    The extension is everything after the first dot of the file name. Pairing by name rather than by
+    position keeps labels with their images whatever the member order inside a sample. Group before
+    any sample shuffling: a repeated extension within one key raises ``ValueError``.
+
+    Example:
+        >>> from torch.utils.data.datapipes.iter import IterableWrapper
+        >>> import s3pipes
+        >>> members = [("s3://b/s.tar/s0.png", b"P"), ("s3://b/s.tar/s0.cls", b"3")]
+        >>> list(IterableWrapper(members).group_samples())
+        [{'__key__': 's0', '__url__': 's3://b/s.tar', 'png': b'P', 'cls': b'3'}]
+    """
+
+    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Any]]) -> None:
+        self.source_datapipe = source_datapipe
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        sample: dict[str, Any] | None = None
+        for name, data in self.source_datapipe:
+            where, _, base = name.rpartition("/")
+            key, _, ext = base.partition(".")
+            if sample is None or (sample["__url__"], sample["__key__"]) != (where, key):
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": where}
+            if ext in sample:
+                raise ValueError(f"{name}: sample {key!r} already has a {ext!r} member; members of one "
+                                 f"sample must be consecutive and distinct")
+            sample[ext] = data
+        if sample is not None:
+            yield sample

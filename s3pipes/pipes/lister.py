@@ -1,0 +1,56 @@
+"""S3Lister: prefixes or object URLs in, object URLs out."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, Iterator, Sequence
+
+from torch.utils.data import IterDataPipe
+from torch.utils.data.datapipes._decorator import functional_datapipe
+from torch.utils.data.datapipes.iter import IterableWrapper
+
+from ..config import S3Config
+from ..s3 import S3Client
+
+
+@functional_datapipe("list_s3")
+class S3Lister(IterDataPipe[str]):
+    """Lists the objects under each prefix, in key order, fetching pages as they are consumed
+    (functional name: ``list_s3``).
+
+    A URL naming an object yields itself; ``s3://b/dir`` with no object of that name lists ``s3://b/dir/``.
+    A prefix with no (matching) objects raises ``FileNotFoundError`` naming it.
+
+    Args:
+        source_datapipe: URLs (``s3://bucket/prefix/`` or ``s3://bucket/key``), or one URL, or a list.
+        masks: glob patterns matched against each object's file name (``"*.tar"``); any may match.
+        config: how to reach S3; ``None`` reads the environment.
+
+    Example:
+        >>> from torch.utils.data.datapipes.iter import IterableWrapper
+        >>> import s3pipes
+        >>> dp = IterableWrapper(["s3://bucket/train/"]).list_s3(masks="*.tar")  # doctest: +SKIP
+        >>> list(dp)                                                              # doctest: +SKIP
+        ['s3://bucket/train/shard-000.tar', 's3://bucket/train/shard-001.tar']
+    """
+
+    def __init__(self, source_datapipe: Iterable[str] | str, masks: str | Sequence[str] = (),
+                 config: S3Config | None = None) -> None:
+        if isinstance(source_datapipe, str):
+            source_datapipe = [source_datapipe]
+        if not isinstance(source_datapipe, IterDataPipe):
+            source_datapipe = IterableWrapper(source_datapipe, deepcopy=False)
+        self.source_datapipe = source_datapipe
+        self.masks = [masks] if isinstance(masks, str) else list(masks)
+        self.client = S3Client(config)
+
+    def __iter__(self) -> Iterator[str]:
+        for prefix in self.source_datapipe:
+            found = False
+            for obj in self.client.list(prefix):
+                name = obj.url.rsplit("/", 1)[-1]
+                if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
+                    found = True
+                    yield obj.url
+            if not found:
+                raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")

@@ -1,0 +1,46 @@
+"""ShardShuffler: URLs in, the same URLs in a per-epoch order agreed everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Iterator, TypeVar
+
+from torch.utils.data import IterDataPipe
+from torch.utils.data.datapipes._decorator import functional_datapipe
+
+from ._seeded import Seeded
+
+T = TypeVar("T")
+
+
+@functional_datapipe("shuffle_shards")
+class ShardShuffler(Seeded, IterDataPipe[T]):
+    """Shuffles the whole list of shards (or objects) once per epoch (functional name: ``shuffle_shards``).
+
+    Every DataLoader worker and ``torch.distributed`` rank computes the same order, so ``read_s3``
+    after it splits the shards without overlap. See :class:`~s3pipes.pipes._seeded.Seeded` for where
+    the seed comes from; with an explicit ``seed``, call ``set_epoch`` each epoch as with
+    ``DistributedSampler``.
+
+    Example:
+        >>> from torch.utils.data.datapipes.iter import IterableWrapper
+        >>> import s3pipes
+        >>> dp = IterableWrapper([f"s3://b/shard-{i}.tar" for i in range(4)]).shuffle_shards(seed=0)
+        >>> sorted(dp) == sorted(dp) == [f"s3://b/shard-{i}.tar" for i in range(4)]
+        True
+    """
+
+    def __init__(self, source_datapipe: IterDataPipe[T], seed: int | None = None) -> None:
+        Seeded.__init__(self, seed)
+        self.source_datapipe = source_datapipe
+
+    def __iter__(self) -> Iterator[T]:
+        items = list(self.source_datapipe)
+        if self.enabled:
+            self._epoch_rng().shuffle(items)
+        yield from items
+
+    def __len__(self) -> int:
+        if isinstance(self.source_datapipe, Sized):
+            return len(self.source_datapipe)
+        raise TypeError(f"{type(self).__name__}'s length depends on a source without one")

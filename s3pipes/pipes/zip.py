@@ -1,0 +1,49 @@
+"""ZipExpander: a zip shard in, one ``(name, bytes)`` per file out."""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from typing import Iterator
+
+from torch.utils.data import IterDataPipe
+from torch.utils.data.datapipes._decorator import functional_datapipe
+
+from ._payload import Payload, naming_corruption, payload_file
+
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+
+
+@functional_datapipe("load_zip")
+class ZipExpander(IterDataPipe[tuple[str, bytes]]):
+    """Expands ``(name, payload)`` of a zip into ``(name + "/" + member, bytes)`` for each file, in
+    central-directory order (functional name: ``load_zip``).
+
+    Given a seekable stream (``read_s3(stream=True)``), it reads the central directory from the end
+    of the object and then each member by range, instead of downloading the archive first. A damaged
+    archive or a member failing its CRC raises ``CorruptArchiveError`` naming the shard and the member.
+
+    Example:
+        >>> import io, zipfile
+        >>> from torch.utils.data.datapipes.iter import IterableWrapper
+        >>> import s3pipes
+        >>> buf = io.BytesIO()
+        >>> with zipfile.ZipFile(buf, "w") as z:
+        ...     z.writestr("s0.cls", b"3")
+        >>> list(IterableWrapper([("s3://b/shard.zip", buf.getvalue())]).load_zip())
+        [('s3://b/shard.zip/s0.cls', b'3')]
+    """
+
+    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]]) -> None:
+        self.source_datapipe = source_datapipe
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        for shard, payload in self.source_datapipe:
+            member = [""]
+            with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
+                with zipfile.ZipFile(f) as archive:
+                    for info in archive.infolist():
+                        if info.is_dir():
+                            continue
+                        member[0] = info.filename
+                        yield f"{shard}/{info.filename}", archive.read(info)
