@@ -360,7 +360,9 @@ class S3Client:
                 found = True
                 yield ObjectInfo(f"s3://{u.bucket}/{obj['Key']}", int(obj["Size"]))
         if not found:
-            raise FileNotFoundError(f"{u}: no objects under this prefix; check the bucket and prefix")
+            if str(u) != url:
+                raise FileNotFoundError(f"{url}: no such object, and no objects under {u}; check the key")
+            raise FileNotFoundError(f"{url}: no objects under this prefix; check the bucket and prefix")
 
     # -- reads
 

@@ -16,6 +16,22 @@ from ._payload import Payload, naming_corruption, payload_file
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a cut or garbled header after the first member, which would
+    drop the rest of a shard unseen; here only the end-of-archive block ends it."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.TruncatedHeaderError, tarfile.EmptyHeaderError, tarfile.InvalidHeaderError) as e:
+            if tar.offset == 0:
+                raise  # tarfile's own "not a tar archive" error
+            raise tarfile.SubsequentHeaderError(
+                f"no valid header or end-of-archive block at byte {tar.offset} (cut short?): {e or type(e).__name__}"
+            ) from e
+
+
 @functional_datapipe("load_tar")
 class TarExpander(IterDataPipe[tuple[str, bytes]]):
     """Expands ``(name, payload)`` of a tar (plain, ``.tar.gz``/``.tgz``, ``.tar.xz``) into
@@ -41,14 +57,20 @@ class TarExpander(IterDataPipe[tuple[str, bytes]]):
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         for shard, payload in self.source_datapipe:
-            member = [""]
-            with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
-                with tarfile.open(fileobj=f, mode="r|*") as tar:
-                    for info in tar:
-                        member[0] = info.name
-                        if not info.isreg():
-                            continue
-                        data = tar.extractfile(info).read()  # type: ignore[union-attr]
-                        if len(data) != info.size:
-                            raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
-                        yield f"{shard}/{info.name}", data
+            yield from iter_tar(shard, payload)
+
+
+def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
+    """``(shard/member, bytes)`` for each regular file of one tar, read as a stream."""
+    member = [""]
+    with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
+        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+            for info in tar:
+                member[0] = info.name
+                tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
+                if not info.isreg():
+                    continue
+                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
+                yield f"{shard}/{info.name}", data

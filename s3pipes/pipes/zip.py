@@ -39,11 +39,16 @@ class ZipExpander(IterDataPipe[tuple[str, bytes]]):
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         for shard, payload in self.source_datapipe:
-            member = [""]
-            with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
-                with zipfile.ZipFile(f) as archive:
-                    for info in archive.infolist():
-                        if info.is_dir():
-                            continue
-                        member[0] = info.filename
-                        yield f"{shard}/{info.filename}", archive.read(info)
+            yield from iter_zip(shard, payload)
+
+
+def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
+    """``(shard/member, bytes)`` for each file of one zip; a stream payload is read by ranges."""
+    member = [""]
+    with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                member[0] = info.filename
+                yield f"{shard}/{info.filename}", archive.read(info)

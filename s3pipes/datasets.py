@@ -1,0 +1,139 @@
+"""The classic dataset names of the Amazon S3 plugin for PyTorch, built from the pipes.
+
+``S3Dataset`` (map-style), ``S3IterableDataset`` (shards, split across ranks and workers by itself),
+``ShuffleDataset`` (buffer shuffle), and the plugin's helpers ``list_files``, ``file_exists`` and
+``get_file_size``. Code written for the plugin runs with only its import changed, or unchanged through
+``awsio.python.lib.io.s3.s3dataset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data.datapipes.iter import IterableWrapper
+
+from . import _dist
+from .config import S3Config
+from .pipes.buffer_shuffler import BufferShuffler
+from .pipes.lister import S3Lister
+from .pipes.reader import S3Reader
+from .pipes.shard_shuffler import ShardShuffler
+from .pipes.tar import iter_tar
+from .pipes.zip import iter_zip
+from .s3 import S3Client
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def _as_list(urls: str | Sequence[str]) -> list[str]:
+    return [urls] if isinstance(urls, str) else list(urls)
+
+
+class S3Dataset(Dataset[tuple[str, bytes]]):
+    """Map-style: ``ds[i]`` is ``(url, bytes)`` of the i-th object under ``urls`` (prefixes, object
+    URLs, or a list of either), listed once here. Works with ``DistributedSampler`` and workers;
+    subclass it and call ``super().__getitem__(idx)`` to decode.
+
+    >>> ds = S3Dataset("s3://bucket/images/")   # doctest: +SKIP
+    >>> len(ds), ds[0][0]                       # doctest: +SKIP
+    (1000, 's3://bucket/images/00000.png')
+    """
+
+    def __init__(self, urls: str | Sequence[str], *, config: S3Config | None = None) -> None:
+        self.client = S3Client(config)
+        self.urls = [o.url for u in _as_list(urls) for o in self.client.list(u)]
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, idx: int) -> tuple[str, bytes]:
+        url = self.urls[idx]
+        return url, self.client.read(url)
+
+
+class S3IterableDataset(IterableDataset[tuple[str, bytes]]):
+    """Yields ``(name, bytes)`` for every object under ``urls``; a ``.tar``, ``.tar.gz``, ``.tgz`` or
+    ``.zip`` object yields its members instead (``(member_name, bytes)``, in archive order, streamed).
+
+    Shards are split across ``torch.distributed`` ranks and DataLoader workers by this dataset itself,
+    also when it is wrapped in your own ``IterableDataset``. With ``shuffle_urls=True`` the shard order
+    is a function of ``seed`` and the epoch, the same on every rank and worker: call ``set_epoch(e)``
+    before each epoch (each iteration otherwise moves to the next epoch by itself).
+
+    >>> ds = S3IterableDataset(["s3://bucket/train/"], shuffle_urls=True)  # doctest: +SKIP
+    >>> ds.set_epoch(0)                                                     # doctest: +SKIP
+    >>> name, data = next(iter(ds))                                         # doctest: +SKIP
+    """
+
+    def __init__(self, urls: str | Sequence[str], shuffle_urls: bool = False, *, seed: int = 0,
+                 config: S3Config | None = None) -> None:
+        self.urls = _as_list(urls)
+        self.shuffle_urls, self.seed, self.config = shuffle_urls, seed, config
+        self.epoch = 0
+        self._dist = _dist.current()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled in the main process as workers start: the last moment the rank is known for sure.
+        return {**self.__dict__, "_dist": _dist.current() or self._dist}
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        shards: Any = S3Lister(self.urls, config=self.config)
+        if self.shuffle_urls:
+            shards = ShardShuffler(shards, seed=self.seed)
+            shards.set_epoch(self.epoch)
+        self.epoch += 1
+        reader = S3Reader(shards, stream=True, config=self.config)
+        reader.apply_sharding(*_dist.instance(self._dist))
+        for url, f in reader:
+            if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
+                members = iter_tar(url, f) if url.endswith(TAR_SUFFIXES) else iter_zip(url, f)
+                for name, data in members:
+                    yield name[len(url) + 1 :], data
+            else:
+                with f:
+                    yield url, f.read()
+
+
+class ShuffleDataset(IterableDataset[Any]):
+    """Shuffles any iterable dataset through a buffer of ``buffer_size`` samples. The order is fixed
+    by ``seed`` and the epoch; with ``seed=None`` it comes from torch's RNG, so ``torch.manual_seed``
+    repeats a run. ``set_epoch`` is passed on to the wrapped dataset.
+
+    >>> ds = ShuffleDataset(range(10), buffer_size=4, seed=0)
+    >>> sorted(ds) == list(range(10))
+    True
+    """
+
+    def __init__(self, dataset: Iterable[Any], buffer_size: int, *, seed: int | None = None) -> None:
+        self.dataset, self.buffer_size, self.seed = dataset, buffer_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        shuffler = BufferShuffler(IterableWrapper(self.dataset, deepcopy=False), self.buffer_size, seed=self.seed)
+        shuffler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(shuffler)
+
+
+def list_files(url: str) -> list[str]:
+    """Every object URL under a prefix (or the object itself), as the plugin's ``list_files``."""
+    return [o.url for o in S3Client().list(url)]
+
+
+def file_exists(url: str) -> bool:
+    """Whether the object exists, as the plugin's ``file_exists``."""
+    return S3Client().exists(url)
+
+
+def get_file_size(url: str) -> int:
+    """The object's size in bytes, as the plugin's ``get_file_size``."""
+    return S3Client().size(url)

@@ -1,0 +1,216 @@
+"""The classic wrappers and the plugin's examples against moto's server."""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from shards import label_of, png, samples, tar_bytes, zip_bytes
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+import s3pipes
+from s3pipes import CorruptArchiveError, S3Dataset, S3IterableDataset, ShuffleDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+N_IMAGES, SHARDS, PER_SHARD = 40, 5, 8
+
+
+@pytest.fixture(scope="module")
+def data(boto, module_bucket: str) -> str:  # noqa: ANN001
+    for i in range(N_IMAGES):
+        boto.put_object(Bucket=module_bucket, Key=f"images/{i:04d}.png", Body=png(i))
+    for i in range(SHARDS):
+        boto.put_object(Bucket=module_bucket, Key=f"shards/shard-{i}.tar",
+                        Body=tar_bytes(samples(i * PER_SHARD, PER_SHARD)))
+    boto.put_object(Bucket=module_bucket, Key="mixed/a.zip", Body=zip_bytes(samples(100, 2)))
+    boto.put_object(Bucket=module_bucket, Key="mixed/b.tgz", Body=tar_bytes(samples(200, 2), "w:gz"))
+    boto.put_object(Bucket=module_bucket, Key="mixed/c.txt", Body=b"plain")
+    return module_bucket
+
+
+class LabelledImages(S3Dataset):
+    """The plugin's subclassing pattern."""
+
+    def __getitem__(self, idx: int) -> int:
+        name, img = super().__getitem__(idx)
+        return label_of(img)
+
+
+def test_subclass_with_2_workers_sees_every_image_once(data: str) -> None:
+    ds = LabelledImages(f"s3://{data}/images/")
+    assert len(ds) == N_IMAGES
+    labels = [int(x) for batch in DataLoader(ds, batch_size=8, num_workers=2) for x in batch]
+    assert sorted(labels) == list(range(N_IMAGES))
+
+
+def test_s3dataset_with_distributed_sampler(data: str) -> None:
+    ds = LabelledImages([f"s3://{data}/images/0001.png", f"s3://{data}/images/0002.png", f"s3://{data}/images/"])
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        seen += [int(x) for batch in DataLoader(ds, sampler=sampler, batch_size=4) for x in batch]
+    assert collections.Counter(seen) == collections.Counter([1, 2] + list(range(N_IMAGES)))
+
+
+def test_s3dataset_item_and_cheap_pickle(data: str) -> None:
+    import pickle
+
+    ds = S3Dataset(f"s3://{data}/images/")
+    url, body = ds[3]
+    assert url == f"s3://{data}/images/0003.png" and body == png(3)
+    assert len(pickle.dumps(ds)) < 200 * N_IMAGES
+
+
+class ImageS3(IterableDataset):
+    """The plugin's iterable example: pairs label and image by position from the inner iterator."""
+
+    def __init__(self, urls, shuffle_urls=False) -> None:  # noqa: ANN001
+        self.s3_iter_dataset = S3IterableDataset(urls, shuffle_urls)
+
+    def data_generator(self):  # noqa: ANN201
+        try:
+            while True:
+                label_fname, label_fobj = next(self.s3_iter_dataset_iterator)
+                image_fname, image_fobj = next(self.s3_iter_dataset_iterator)
+                yield label_fname, int(label_fobj), label_of(image_fobj)
+        except StopIteration:
+            return
+
+    def __iter__(self):  # noqa: ANN204
+        self.s3_iter_dataset_iterator = iter(self.s3_iter_dataset)
+        return self.data_generator()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.s3_iter_dataset.set_epoch(epoch)
+
+
+def test_wrapped_iterable_with_2_workers_pairs_every_sample_once(data: str) -> None:
+    ds = ImageS3(f"s3://{data}/shards/", shuffle_urls=True)
+    got = list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert sorted(label for _, label, _ in got) == list(range(SHARDS * PER_SHARD))
+    assert all(label == image_label for _, label, image_label in got), "labels stay with their images"
+    assert got[0][0] == f"s{got[0][1]:05d}.cls", "members are named as in the archive, like the plugin"
+
+
+def test_iterable_expands_tar_tgz_zip_and_passes_other_objects(data: str) -> None:
+    got = dict(S3IterableDataset(f"s3://{data}/mixed/"))
+    want = {**dict(samples(100, 2)), **dict(samples(200, 2)), f"s3://{data}/mixed/c.txt": b"plain"}
+    assert got == want
+
+
+def test_epoch_orders(data: str) -> None:
+    def order(epoch: int, workers: int = 0) -> list[str]:
+        ds = ImageS3(f"s3://{data}/shards/", shuffle_urls=True)
+        ds.set_epoch(epoch)
+        return [name for name, _, _ in DataLoader(ds, batch_size=None, num_workers=workers)]
+
+    assert order(3) == order(3), "same epoch, same order"
+    assert order(3) != order(4) and sorted(order(3)) == sorted(order(4)), "new epoch, new order"
+    assert order(0) == [name for name, _, _ in ImageS3(f"s3://{data}/shards/", shuffle_urls=True)]
+    assert order(3, 2) == order(3, 2)
+    unshuffled = order(0)
+    assert order(0) == unshuffled and [n for n, _, _ in ImageS3(f"s3://{data}/shards/")] == sorted(unshuffled)
+
+
+def test_iteration_moves_to_next_epoch_by_itself(data: str) -> None:
+    ds = S3IterableDataset(f"s3://{data}/shards/", shuffle_urls=True)
+    first, second = [n for n, _ in ds], [n for n, _ in ds]
+    assert first != second and sorted(first) == sorted(second)
+
+
+def test_shuffle_dataset_keeps_the_multiset_and_forwards_epoch(data: str) -> None:
+    inner = ImageS3(f"s3://{data}/shards/", shuffle_urls=True)
+    ds = ShuffleDataset(inner, buffer_size=10, seed=0)
+    ds.set_epoch(2)
+    assert inner.s3_iter_dataset.epoch == 2
+    got = list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert sorted(label for _, label, _ in got) == list(range(SHARDS * PER_SHARD))
+    plain = sorted(range(100))
+    shuffled = list(ShuffleDataset(range(100), buffer_size=10, seed=0))
+    assert sorted(shuffled) == plain and shuffled != plain
+
+
+def test_old_import_path_is_the_same_objects() -> None:
+    from awsio.python.lib.io.s3.s3dataset import (
+        S3Dataset as OldDataset,
+    )
+    from awsio.python.lib.io.s3.s3dataset import (
+        S3IterableDataset as OldIterable,
+    )
+    from awsio.python.lib.io.s3.s3dataset import (
+        ShuffleDataset as OldShuffle,
+    )
+    from awsio.python.lib.io.s3.s3dataset import file_exists, get_file_size, list_files
+
+    assert (OldDataset, OldIterable, OldShuffle) == (S3Dataset, S3IterableDataset, ShuffleDataset)
+    assert (list_files, file_exists, get_file_size) == (s3pipes.list_files, s3pipes.file_exists,
+                                                        s3pipes.get_file_size)
+
+
+def test_helpers(data: str) -> None:
+    assert s3pipes.list_files(f"s3://{data}/images/")[:2] == [f"s3://{data}/images/0000.png",
+                                                               f"s3://{data}/images/0001.png"]
+    assert s3pipes.file_exists(f"s3://{data}/images/0001.png")
+    assert not s3pipes.file_exists(f"s3://{data}/images/nope.png")
+    assert s3pipes.get_file_size(f"s3://{data}/images/0001.png") == len(png(1))
+
+
+@pytest.mark.parametrize("make, exc, words", [
+    (lambda b: S3Dataset("s3://no-such-bucket-s3pipes/x/"), FileNotFoundError, "s3://no-such-bucket-s3pipes/x/"),
+    (lambda b: S3Dataset(f"s3://{b}/images/missing.png"), FileNotFoundError,
+     "/images/missing.png: no such object"),
+    (lambda b: S3Dataset("bucket/key"), ValueError, "'bucket/key' is not an S3 URL"),
+    (lambda b: list(S3IterableDataset("s3://no-such-bucket-s3pipes/x/")), FileNotFoundError,
+     "bucket 'no-such-bucket-s3pipes' does not exist"),
+    (lambda b: list(S3IterableDataset(f"s3://{b}/nothing/")), FileNotFoundError, "/nothing/: no objects"),
+    (lambda b: list(S3IterableDataset("garbage")), ValueError, "'garbage' is not an S3 URL"),
+])
+def test_bad_input_raises_quickly_naming_the_url(data: str, make, exc: type, words: str) -> None:  # noqa: ANN001
+    t = time.monotonic()
+    with pytest.raises(exc, match=words):
+        make(data)
+    assert time.monotonic() - t < 5
+
+
+def test_corrupt_shard_names_it(bucket: str, put) -> None:  # noqa: ANN001
+    put(f"s3://{bucket}/a.tar", tar_bytes(samples(0, 2)))
+    url = put(f"s3://{bucket}/b.tar", tar_bytes(samples(2, 2))[:1500])
+    t = time.monotonic()
+    with pytest.raises(CorruptArchiveError, match=f"{url}: corrupt tar archive at member 's00002.cls': no valid header"):
+        list(DataLoader(S3IterableDataset(f"s3://{bucket}/"), batch_size=None, num_workers=2))
+    assert time.monotonic() - t < 10
+
+
+# -------------------------------------------------------------------------------------------- examples
+
+
+def run_example(name: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_map_style_example(data: str) -> None:
+    assert f"read {N_IMAGES} images in 3 batches of shape (3, 100, 100)" in run_example(
+        "s3_cv_transform.py", f"s3://{data}/images/", "--workers", "2", "--batch-size", "16")
+
+
+def test_iterable_example(data: str) -> None:
+    out = run_example("s3_cv_iterable_shuffle_example.py", f"s3://{data}/shards/", "--workers", "2",
+                      "--buffer-size", "16")
+    n = SHARDS * PER_SHARD
+    assert f"epoch 0: {n} samples" in out and f"epoch 1: {n} samples" in out
+    assert f"ShuffleDataset: {n} samples" in out
+
+
+def test_png_helper_round_trips() -> None:
+    assert Image.open(io.BytesIO(png(300))).size == (8, 8) and label_of(png(300)) == 300
