@@ -228,7 +228,7 @@ def test_explicit_sharding_filter_upstream_is_honoured(module_bucket: str, data:
 
 def test_sharding_filter_downstream_is_a_clear_error(module_bucket: str, data: dict) -> None:
     dp = chain(module_bucket, "tar").sharding_filter()
-    with pytest.raises(RuntimeError, match=r"Sharding twice.*remove the sharding_filter after it"):
+    with pytest.raises(RuntimeError, match=r"Sharding twice.*S3Reader\(shard=True\)"):
         run(dp, 2)
     got = run(IterableWrapper([f"s3://{module_bucket}/tar/"]).list_s3().read_s3(shard=False).load_tar()
               .sharding_filter(), 2)
@@ -243,8 +243,8 @@ def test_sharding_filter_downstream_is_a_clear_error(module_bucket: str, data: d
     (tar_bytes(samples(0, 3))[:3000], "corrupt tar archive at member 's00001.cls'"),
     (tar_bytes(samples(0, 3), "w:gz")[:-40], "corrupt tar archive"),
     # tarfile alone would end these quietly after the first member, dropping the rest of the shard
-    (tar_bytes(samples(0, 3))[:1024], "at member 's00000.cls': no valid header or end-of-archive block at byte 1024"),
-    (tar_bytes(samples(0, 3))[:1024] + b"x" * 512 + tar_bytes(samples(0, 3))[1536:], "no valid header .* byte 1024"),
+    (tar_bytes(samples(0, 3))[:1024], "corrupt tar archive at member 's00000.cls': no valid header or end-of-archive block at byte 1024"),
+    (tar_bytes(samples(0, 3))[:1024] + b"x" * 512 + tar_bytes(samples(0, 3))[1536:], "corrupt tar archive .* no valid header .* byte 1024"),
 ])
 def test_corrupt_tar_names_its_shard(bucket: str, put, body: bytes, words: str) -> None:  # noqa: ANN001
     put(f"s3://{bucket}/good.tar", tar_bytes(samples(0, 2)))

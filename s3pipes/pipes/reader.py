@@ -80,10 +80,7 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
         return n + (self.instance_id < rest)
 
     def __repr__(self) -> str:
-        # torch names this pipe in its "Sharding twice" error when a sharding_filter follows it.
-        if self.shard:
-            return ("S3Reader(read_s3 already splits objects across ranks and workers: remove the "
-                    "sharding_filter after it, or pass read_s3(shard=False))")
-        return "S3Reader(shard=False)"
+        # torch names this in its "Sharding twice" error when a sharding_filter follows: shard=True is the hint.
+        return f"S3Reader(shard={self.shard})"
 
     __str__ = __repr__
