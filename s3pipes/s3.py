@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import IO, Any, Iterator, NamedTuple
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.retries.standard as retries
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
@@ -151,9 +153,42 @@ def _boto_client(cfg: S3Config) -> Any:
                     tcp_keepalive=True,
                 )
                 client = session.client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
+                _install_retries(client, cfg.max_attempts)
                 _clients[key] = client
                 log.debug("built S3 client in pid %d: region=%s endpoint=%s", os.getpid(), r.region, r.endpoint_url)
     return client
+
+
+class _Backoff(retries.BaseRetryBackoff):
+    """Full-jitter exponential backoff: 0.1 s doubling for errors, 0.5 s doubling for throttling, at most
+    10 s. botocore's own starts at 1 s, so a wrong endpoint took several seconds to report."""
+
+    def __init__(self, detector: retries.ThrottlingErrorDetector) -> None:
+        self._detector = detector
+
+    def delay_amount(self, context: retries.RetryContext) -> float:
+        base = 0.5 if self._detector.is_throttling_error_from_context(context) else 0.1
+        return random.random() * min(10.0, base * 2 ** (context.attempt_number - 1))
+
+
+class _NoQuota:
+    """botocore stops retrying once a per-client token bucket runs dry, which a burst of 503s across 64
+    requests in flight does; a training job would then fail on a passing fault. Attempts bound retries."""
+
+    def acquire_retry_quota(self, context: retries.RetryContext) -> bool:
+        return True
+
+
+def _install_retries(client: Any, max_attempts: int) -> None:
+    """botocore's standard retry conditions (5xx, throttling, connection errors, timeouts) with our backoff."""
+    adapter = retries.RetryEventAdapter()
+    policy = retries.RetryPolicy(
+        retry_checker=retries.StandardRetryConditions(max_attempts=max_attempts),
+        retry_backoff=_Backoff(retries.ThrottlingErrorDetector(adapter)),
+    )
+    handler = retries.RetryHandler(policy, adapter, _NoQuota())
+    client.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+    client.meta.events.register("needs-retry.s3", handler.needs_retry, unique_id="retry-config-s3")
 
 
 def _pool(size: int) -> ThreadPoolExecutor:

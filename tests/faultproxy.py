@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import random
+import socket
+import struct
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -28,9 +30,9 @@ _S3_ERRORS = {
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status", "truncate" or "stall"
+    kind: str  # "status", "truncate", "reset" or "stall"
     status: int = 0
-    keep: int = 0  # bytes of the body sent before a truncate closes the connection
+    keep: int = 0  # bytes of the body sent before a truncate closes (or a reset resets) the connection
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -40,6 +42,10 @@ class Fault:
     @classmethod
     def truncate(cls, keep: int) -> Fault:
         return cls("truncate", keep=keep)
+
+    @classmethod
+    def reset(cls, keep: int) -> Fault:
+        return cls("reset", keep=keep)
 
     @classmethod
     def stall(cls) -> Fault:
@@ -87,7 +93,8 @@ class FaultProxy:
                 fault = self.script.pop(0)
             elif self.rate and self.rng.random() < self.rate:
                 fault = self.rng.choice(
-                    [Fault.error(503), Fault.error(500), Fault.truncate(self.rng.randrange(0, 4096))]
+                    [Fault.error(503), Fault.error(500), Fault.truncate(self.rng.randrange(0, 4096)),
+                     Fault.reset(self.rng.randrange(0, 4096))]
                 )
             else:
                 fault = None
@@ -138,11 +145,13 @@ class FaultProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
-                if fault is not None and fault.kind == "truncate" and self.command != "HEAD":
+                if fault is not None and fault.kind in ("truncate", "reset") and self.command != "HEAD":
                     self.send_header("Connection", "close")
                     self.end_headers()
                     self.wfile.write(data[: min(fault.keep, max(len(data) - 1, 0))])
                     self.wfile.flush()
+                    if fault.kind == "reset":  # linger 0: close sends RST, not FIN
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
                     return
                 self.end_headers()

@@ -1,14 +1,18 @@
-"""What the archive pipes share: turning a payload into a file object, and naming corruption."""
+"""What the archive pipes share: turning a payload into a file object, naming corruption, skipping it."""
 
 from __future__ import annotations
 
 import io
+import logging
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from ..errors import CorruptArchiveError
 
+log = logging.getLogger("s3pipes")
+
 Payload = Union[bytes, bytearray, memoryview, BinaryIO]
+Expand = Callable[[str, Payload], Iterator[tuple[str, bytes]]]
 
 
 @contextmanager
@@ -30,3 +34,17 @@ def naming_corruption(kind: str, shard: str, errors: tuple[type[BaseException], 
     except errors as e:
         where = f" at member {member[0]!r}" if member and member[0] else ""
         raise CorruptArchiveError(f"{shard}: corrupt {kind} archive{where}: {e}") from e
+
+
+def expand_shards(pipe: Any, shards: Iterable[tuple[str, Payload]], expand: Expand) -> Iterator[tuple[str, bytes]]:
+    """Expand each shard in turn. With ``pipe.skip_corrupt``, a corrupt shard is logged as a warning
+    and counted in ``pipe.skipped`` (members it yielded before the damage stay delivered) instead of
+    ending the epoch."""
+    for shard, payload in shards:
+        try:
+            yield from expand(shard, payload)
+        except CorruptArchiveError as e:
+            if not pipe.skip_corrupt:
+                raise
+            pipe.skipped += 1
+            log.warning("skipping a corrupt shard (%d so far in this process): %s", pipe.skipped, e)

@@ -11,7 +11,7 @@ from typing import Iterator
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._payload import Payload, naming_corruption, payload_file
+from ._payload import Payload, expand_shards, naming_corruption, payload_file
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
@@ -39,7 +39,8 @@ class TarExpander(IterDataPipe[tuple[str, bytes]]):
 
     The tar is read as a stream, one member at a time, so with ``read_s3(stream=True)`` a shard of any
     size is never held whole in memory. A damaged or truncated archive raises ``CorruptArchiveError``
-    (a ``ValueError``) naming the shard and the member.
+    (a ``ValueError``) naming the shard and the member; ``skip_corrupt=True`` logs a warning, counts it
+    in ``skipped`` and goes on with the next shard.
 
     Example:
         >>> import io, tarfile
@@ -52,12 +53,13 @@ class TarExpander(IterDataPipe[tuple[str, bytes]]):
         [('s3://b/shard.tar/s0.cls', b'3')]
     """
 
-    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]]) -> None:
+    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
         self.source_datapipe = source_datapipe
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        for shard, payload in self.source_datapipe:
-            yield from iter_tar(shard, payload)
+        return expand_shards(self, self.source_datapipe, iter_tar)
 
 
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:

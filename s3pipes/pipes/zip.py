@@ -9,7 +9,7 @@ from typing import Iterator
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._payload import Payload, naming_corruption, payload_file
+from ._payload import Payload, expand_shards, naming_corruption, payload_file
 
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
@@ -21,7 +21,8 @@ class ZipExpander(IterDataPipe[tuple[str, bytes]]):
 
     Given a seekable stream (``read_s3(stream=True)``), it reads the central directory from the end
     of the object and then each member by range, instead of downloading the archive first. A damaged
-    archive or a member failing its CRC raises ``CorruptArchiveError`` naming the shard and the member.
+    archive or a member failing its CRC raises ``CorruptArchiveError`` naming the shard and the member;
+    ``skip_corrupt=True`` logs a warning, counts it in ``skipped`` and goes on with the next shard.
 
     Example:
         >>> import io, zipfile
@@ -34,12 +35,13 @@ class ZipExpander(IterDataPipe[tuple[str, bytes]]):
         [('s3://b/shard.zip/s0.cls', b'3')]
     """
 
-    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]]) -> None:
+    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
         self.source_datapipe = source_datapipe
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        for shard, payload in self.source_datapipe:
-            yield from iter_zip(shard, payload)
+        return expand_shards(self, self.source_datapipe, iter_zip)
 
 
 def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:

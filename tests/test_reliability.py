@@ -1,0 +1,173 @@
+"""Faults on the wire and bad input: nothing lost, repeated or corrupted, never a hang."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import pickle
+import random
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from faultproxy import Fault, FaultProxy
+from shards import samples, tar_bytes, zip_bytes
+from torch.utils.data import DataLoader
+from torch.utils.data.datapipes.iter import IterableWrapper
+
+import s3pipes
+from s3pipes import CorruptArchiveError, ObjectChangedError, S3Client, S3Config
+
+N_OBJECTS, N_SHARDS, PER_SHARD = 2000, 8, 20
+
+
+def digest(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def source(boto, module_bucket: str) -> dict[str, str]:  # noqa: ANN001
+    """2,000 objects and 8 tar shards; returns the checksum of every object and member by name."""
+    rng = random.Random(0)
+    sums: dict[str, str] = {}
+    objects = {f"objs/{i:05d}.bin": rng.randbytes(rng.randrange(500, 5000)) for i in range(N_OBJECTS)}
+    for i in range(N_SHARDS):
+        members = [(f"m{i}-{j:03d}.bin", rng.randbytes(rng.randrange(2000, 20000))) for j in range(PER_SHARD)]
+        objects[f"tar/shard-{i}.tar"] = tar_bytes(members)
+        sums.update({f"s3://{module_bucket}/tar/shard-{i}.tar/{n}": digest(d) for n, d in members})
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kv: boto.put_object(Bucket=module_bucket, Key=kv[0], Body=kv[1]), objects.items()))
+    sums.update({f"s3://{module_bucket}/{k}": digest(v) for k, v in objects.items() if k.startswith("objs/")})
+    return sums
+
+
+def test_full_chain_through_10_percent_faults(endpoint: str, module_bucket: str, source: dict) -> None:
+    with FaultProxy(endpoint, rate=0.10, seed=7) as proxy:
+        cfg = S3Config(endpoint_url=proxy.url, max_attempts=10)
+        objects = IterableWrapper([f"s3://{module_bucket}/objs/"]).list_s3(config=cfg).read_s3(concurrency=16, config=cfg)
+        shards = (IterableWrapper([f"s3://{module_bucket}/tar/"]).list_s3(config=cfg).shuffle_shards()
+                  .read_s3(stream=True, config=cfg).load_tar())
+        got = [(n, digest(d)) for dp in (objects, shards) for n, d in DataLoader(dp, batch_size=None, num_workers=2)]
+        faults = collections.Counter(f.kind for _, _, f in proxy.log if f is not None)
+    assert collections.Counter(n for n, _ in got) == collections.Counter(source.keys()), "none missing, none twice"
+    assert dict(got) == source, "every payload equals its source checksum"
+    assert sum(faults.values()) > 150 and set(faults) == {"status", "truncate", "reset"}, faults
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(30_000), Fault.truncate(77_777)])
+def test_break_mid_shard_resumes_without_repeat_or_skip(endpoint: str, module_bucket: str, source: dict,
+                                                        fault: Fault) -> None:
+    url = f"s3://{module_bucket}/tar/shard-3.tar"
+    want = [k for k in source if k.startswith(url + "/")]
+    with FaultProxy(endpoint, script=[fault, fault], applies=lambda m, p: m == "GET") as proxy:
+        got = list(IterableWrapper([url]).read_s3(stream=True, config=S3Config(endpoint_url=proxy.url)).load_tar())
+        assert sum(1 for _, _, f in proxy.log if f is not None) == 2, "the shard's body broke twice"
+    assert [n for n, _ in got] == want and {n: digest(d) for n, d in got} == {n: source[n] for n in want}
+
+
+def test_skip_corrupt_shard_with_warning_and_count(bucket: str, put, caplog) -> None:  # noqa: ANN001
+    put(f"s3://{bucket}/a.tar", tar_bytes(samples(0, 2)))
+    bad = put(f"s3://{bucket}/b.tar", b"garbage" * 300)
+    put(f"s3://{bucket}/c.tar", tar_bytes(samples(2, 2)))
+    dp = IterableWrapper([f"s3://{bucket}/"]).list_s3().read_s3().load_tar(skip_corrupt=True)
+    with caplog.at_level(logging.WARNING, logger="s3pipes"):
+        names = [n.rsplit("/", 1)[1] for n, _ in dp]
+    assert names == [n for n, _ in samples(0, 4)] and dp.skipped == 1
+    assert f"skipping a corrupt shard (1 so far in this process): {bad}: corrupt tar archive" in caplog.text
+    zdp = IterableWrapper([("s3://b/x.zip", b"nope"), ("s3://b/y.zip", zip_bytes(samples(0, 1)))]).load_zip(
+        skip_corrupt=True)
+    assert len(list(zdp)) == 2 and zdp.skipped == 1
+
+
+def test_worker_errors_arrive_with_their_message(bucket: str, put) -> None:  # noqa: ANN001
+    put(f"s3://{bucket}/a", b"x")
+    urls = [f"s3://{bucket}/a", f"s3://{bucket}/missing"]
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/missing: no such object"):
+        list(DataLoader(IterableWrapper(urls).read_s3(shard=False), batch_size=None, num_workers=2))
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def _unreachable() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _denied(endpoint: str, status: int):  # noqa: ANN202
+    def run(bucket: str) -> None:
+        with FaultProxy(endpoint, script=[Fault.error(status, x_amz_bucket_region="eu-west-1")] * 20) as proxy:
+            S3Client(S3Config(endpoint_url=proxy.url)).read(f"s3://{bucket}/k")
+    return run
+
+
+def _no_credentials(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    def run(bucket: str) -> None:
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        S3Client().read(f"s3://{bucket}/k")
+    return run
+
+
+def _changed(endpoint: str, put):  # noqa: ANN001, ANN202
+    def run(bucket: str) -> None:
+        url = put(f"s3://{bucket}/k", b"a" * 50_000)
+        with FaultProxy(endpoint, script=[Fault.truncate(100)]) as proxy:
+            f = S3Client(S3Config(endpoint_url=proxy.url)).open(url, buffer_size=4096)
+            f.read(10)
+            put(url, b"b" * 50_000)
+            f.read()
+    return run
+
+
+CASES = {
+    "bad url": (lambda b: S3Client().read("s3:/oops"), ValueError, "s3:/oops"),
+    "missing bucket": (lambda b: S3Client().read("s3://no-such-bucket-s3pipes/k"), FileNotFoundError,
+                       "s3://no-such-bucket-s3pipes/k: bucket"),
+    "missing key": (lambda b: S3Client().read(f"s3://{b}/nope"), FileNotFoundError, "/nope: no such object"),
+    "empty prefix": (lambda b: list(S3Client().list(f"s3://{b}/empty/")), FileNotFoundError, "/empty/: no objects"),
+    "wrong endpoint": (lambda b: S3Client(S3Config(endpoint_url=_unreachable())).read(f"s3://{b}/k"),
+                       ConnectionError, "/k: cannot connect"),
+    "corrupt tar": (lambda b: list(IterableWrapper([(f"s3://{b}/x.tar", b"x" * 2000)]).load_tar()),
+                    CorruptArchiveError, "/x.tar: corrupt tar"),
+    "corrupt zip": (lambda b: list(IterableWrapper([(f"s3://{b}/x.zip", b"x" * 2000)]).load_zip()),
+                    CorruptArchiveError, "/x.zip: corrupt zip"),
+}
+
+
+@pytest.mark.parametrize("case", [*CASES, "denied", "wrong region", "no credentials", "changed"])
+def test_each_bad_input_is_a_clear_error_within_seconds(case: str, bucket: str, endpoint: str, put,  # noqa: ANN001
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    more = {
+        "denied": (_denied(endpoint, 403), PermissionError, "/k: access denied"),
+        "wrong region": (_denied(endpoint, 301), ValueError, "/k: wrong region .* AWS_REGION=eu-west-1"),
+        "no credentials": (_no_credentials(monkeypatch), PermissionError, "/k: no AWS credentials .* AWS_PROFILE"),
+        "changed": (_changed(endpoint, put), ObjectChangedError, "/k: the object changed"),
+    }
+    run, exc, words = {**CASES, **more}[case]
+    t = time.monotonic()
+    with pytest.raises(exc, match=words):
+        run(bucket)
+    assert time.monotonic() - t < 5
+
+
+def test_credentials_never_appear(monkeypatch: pytest.MonkeyPatch, bucket: str, caplog, endpoint: str) -> None:  # noqa: ANN001
+    secret, key_id = "SECRETs3pipes0123456789abcdefSECRET", "AKIAS3PIPESKEYID0000"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    seen: list[str] = []
+    s3 = S3Client(S3Config(max_attempts=2))
+    with caplog.at_level(logging.DEBUG, logger="s3pipes"):
+        for fn in (lambda: s3.read("s3://no-such-bucket-s3pipes/k"), lambda: s3.read(f"s3://{bucket}/k"),
+                   lambda: _denied(endpoint, 403)(bucket),
+                   lambda: S3Client(S3Config(endpoint_url=_unreachable(), max_attempts=1)).read("s3://b/k")):
+            with pytest.raises(OSError) as e:
+                fn()
+            seen += [str(e.value), repr(e.value)]
+    dp = IterableWrapper([f"s3://{bucket}/"]).list_s3().read_s3()
+    seen += [caplog.text, repr(s3), repr(s3.config), repr(dp), pickle.dumps(dp).decode("latin-1"),
+             pickle.dumps(s3pipes.S3IterableDataset(f"s3://{bucket}/")).decode("latin-1")]
+    assert not [s for s in seen if secret in s or key_id in s]
