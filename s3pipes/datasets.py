@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Sequence
 
 from torch.utils.data import Dataset, IterableDataset
-from torch.utils.data.datapipes.iter import IterableWrapper
 
 from . import _dist
 from .config import S3Config
+from .pipes._payload import expand_shards
+from .pipes._state import Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
 from .pipes.reader import S3Reader
@@ -52,14 +53,16 @@ class S3Dataset(Dataset[tuple[str, bytes]]):
         return url, self.client.read(url)
 
 
-class S3IterableDataset(IterableDataset[tuple[str, bytes]]):
+class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
     """Yields ``(name, bytes)`` for every object under ``urls``; a ``.tar``, ``.tar.gz``, ``.tgz`` or
     ``.zip`` object yields its members instead (``(member_name, bytes)``, in archive order, streamed).
 
     Shards are split across ``torch.distributed`` ranks and DataLoader workers by this dataset itself,
-    also when it is wrapped in your own ``IterableDataset``. With ``shuffle_urls=True`` the shard order
-    is a function of ``seed`` and the epoch, the same on every rank and worker: call ``set_epoch(e)``
-    before each epoch (each iteration otherwise moves to the next epoch by itself).
+    also when it is wrapped in your own ``IterableDataset``; under ``torch.distributed`` every rank gets
+    the same number of shards (see ``S3Reader``'s ``even_ranks``). With ``shuffle_urls=True`` the shard
+    order is a function of ``seed`` and the epoch, the same on every rank and worker: call
+    ``set_epoch(e)`` before each epoch (each iteration otherwise moves to the next epoch by itself).
+    ``state_dict``/``load_state_dict`` resume an epoch mid-way with ``StatefulDataLoader``.
 
     >>> ds = S3IterableDataset(["s3://bucket/train/"], shuffle_urls=True)  # doctest: +SKIP
     >>> ds.set_epoch(0)                                                     # doctest: +SKIP
@@ -67,41 +70,61 @@ class S3IterableDataset(IterableDataset[tuple[str, bytes]]):
     """
 
     def __init__(self, urls: str | Sequence[str], shuffle_urls: bool = False, *, seed: int = 0,
-                 config: S3Config | None = None) -> None:
+                 skip_corrupt: bool = False, config: S3Config | None = None) -> None:
         self.urls = _as_list(urls)
         self.shuffle_urls, self.seed, self.config = shuffle_urls, seed, config
+        self.skip_corrupt, self.skipped = skip_corrupt, 0
         self.epoch = 0
         self._dist = _dist.current()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, **super().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        super().load_state_dict(state)
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickled in the main process as workers start: the last moment the rank is known for sure.
         return {**self.__dict__, "_dist": _dist.current() or self._dist}
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        resume = self._take_resume()
+        epoch = resume["epoch"] if resume else self.epoch
+        self.epoch = epoch + 1
         shards: Any = S3Lister(self.urls, config=self.config)
         if self.shuffle_urls:
             shards = ShardShuffler(shards, seed=self.seed)
-            shards.set_epoch(self.epoch)
-        self.epoch += 1
+            shards.set_epoch(epoch)
         reader = S3Reader(shards, stream=True, config=self.config)
         reader.apply_sharding(*_dist.instance(self._dist))
-        for url, f in reader:
-            if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
-                members = iter_tar(url, f) if url.endswith(TAR_SUFFIXES) else iter_zip(url, f)
-                for name, data in members:
-                    yield name[len(url) + 1 :], data
-            else:
-                with f:
-                    yield url, f.read()
+        members = expand_shards(self, reader, _expand_any, resume and resume["shards"])
+        for name, data in members:
+            self._pos = {"epoch": epoch, "shards": self._pos}
+            yield name, data
+            self._pos = self._pos["shards"]
+        self._pos = None
+
+
+def _expand_any(url: str, f: Any) -> Iterator[tuple[str, bytes]]:
+    """Members of an archive, named as in the archive (as the plugin named them); other objects whole."""
+    if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
+        members = iter_tar(url, f) if url.endswith(TAR_SUFFIXES) else iter_zip(url, f)
+        for name, data in members:
+            yield name[len(url) + 1 :], data
+    else:
+        with f:
+            yield url, f.read()
 
 
 class ShuffleDataset(IterableDataset[Any]):
     """Shuffles any iterable dataset through a buffer of ``buffer_size`` samples. The order is fixed
     by ``seed`` and the epoch; with ``seed=None`` it comes from torch's RNG, so ``torch.manual_seed``
-    repeats a run. ``set_epoch`` is passed on to the wrapped dataset.
+    repeats a run. ``set_epoch`` is passed on to the wrapped dataset; ``state_dict`` holds the buffer
+    and, when the wrapped dataset has one (``S3IterableDataset`` does), its state.
 
     >>> ds = ShuffleDataset(range(10), buffer_size=4, seed=0)
     >>> sorted(ds) == list(range(10))
@@ -109,19 +132,22 @@ class ShuffleDataset(IterableDataset[Any]):
     """
 
     def __init__(self, dataset: Iterable[Any], buffer_size: int, *, seed: int | None = None) -> None:
-        self.dataset, self.buffer_size, self.seed = dataset, buffer_size, seed
-        self.epoch = 0
+        self.dataset = dataset
+        self._shuffler = BufferShuffler(dataset, buffer_size, seed=seed)  # type: ignore[arg-type]
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._shuffler.set_epoch(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        return self._shuffler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._shuffler.load_state_dict(state)
+
     def __iter__(self) -> Iterator[Any]:
-        shuffler = BufferShuffler(IterableWrapper(self.dataset, deepcopy=False), self.buffer_size, seed=self.seed)
-        shuffler.set_epoch(self.epoch)
-        self.epoch += 1
-        return iter(shuffler)
+        yield from self._shuffler  # lazily: StatefulDataLoader may load a state after iter()
 
 
 def list_files(url: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import Callable, Iterator
@@ -31,6 +32,7 @@ def endpoint() -> Iterator[str]:
     for name in _UNSET:
         os.environ.pop(name, None)
     os.environ.update(_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request drowns real failures
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -73,6 +73,9 @@ def test_reader_ordered_unordered_and_len(module_bucket: str, data: dict) -> Non
     dp = IterableWrapper(urls).read_s3(concurrency=8)
     assert len(dp) == 50 and list(dp) == want
     assert sorted(IterableWrapper(urls).read_s3(concurrency=8, ordered=False)) == want
+    apply_sharding(dp, 3, 1)  # as the DataLoader does on 3 ranks: 48 objects are read, 16 a rank
+    assert len(dp) == 16 and list(dp) == want[1:48:3]
+    dp = IterableWrapper(urls).read_s3(even_ranks=False)
     apply_sharding(dp, 3, 1)
     assert len(dp) == 17 and list(dp) == want[1::3]
 

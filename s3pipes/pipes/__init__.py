@@ -1,5 +1,6 @@
 """The DataPipes of s3pipes, one a module; importing registers their functional names."""
 
+from ._state import install_loader_state
 from .buffer_shuffler import BufferShuffler
 from .grouper import SampleGrouper
 from .lister import S3Lister
@@ -7,5 +8,7 @@ from .reader import S3Reader
 from .shard_shuffler import ShardShuffler
 from .tar import TarExpander
 from .zip import ZipExpander
+
+install_loader_state()
 
 __all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from ..errors import CorruptArchiveError
+from ._state import Cursor
 
 log = logging.getLogger("s3pipes")
 
@@ -36,15 +37,51 @@ def naming_corruption(kind: str, shard: str, errors: tuple[type[BaseException], 
         raise CorruptArchiveError(f"{shard}: corrupt {kind} archive{where}: {e}") from e
 
 
-def expand_shards(pipe: Any, shards: Iterable[tuple[str, Payload]], expand: Expand) -> Iterator[tuple[str, bytes]]:
-    """Expand each shard in turn. With ``pipe.skip_corrupt``, a corrupt shard is logged as a warning
-    and counted in ``pipe.skipped`` (members it yielded before the damage stay delivered) instead of
-    ending the epoch."""
-    for shard, payload in shards:
+def expand_shards(holder: Any, shards: Iterable[tuple[str, Payload]], expand: Expand,
+                  resume: dict[str, Any] | None) -> Iterator[tuple[str, bytes]]:
+    """Expand each shard in turn, keeping ``holder._pos`` (the shard's source position and the members
+    yielded from it) so a resumed epoch reopens only the shard it was in. With ``holder.skip_corrupt``,
+    a corrupt shard is logged as a warning and counted in ``holder.skipped`` (members it yielded before
+    the damage stay delivered) instead of ending the epoch."""
+    src = Cursor(shards, resume and resume["shard"])
+    done = resume["members"] if resume else 0
+    holder._pos = {"shard": src.mark(), "members": done}
+    return _expand(holder, src, expand, done)
+
+
+_END = object()
+
+
+def _expand(holder: Any, src: Cursor, expand: Expand, done: int) -> Iterator[tuple[str, bytes]]:
+    while True:
+        mark = src.mark()
         try:
-            yield from expand(shard, payload)
+            shard, payload = next(src)
+        except StopIteration:
+            break
+        members = expand(shard, payload)
+        try:
+            for _ in range(done):  # delivered before the restart
+                next(members, None)
+            current, error = next(members, _END), None
+            while current is not _END:
+                # Reading one member ahead tells whether this one ends the shard: then a state taken now
+                # points past the shard, and a restart does not download it again.
+                try:
+                    following = next(members, _END)
+                except CorruptArchiveError as e:
+                    following, error = _END, e
+                done += 1
+                last = following is _END
+                holder._pos = {"shard": src.mark() if last else mark, "members": 0 if last else done}
+                yield current
+                current = following
+            if error is not None:
+                raise error
         except CorruptArchiveError as e:
-            if not pipe.skip_corrupt:
+            if not holder.skip_corrupt:
                 raise
-            pipe.skipped += 1
-            log.warning("skipping a corrupt shard (%d so far in this process): %s", pipe.skipped, e)
+            holder.skipped += 1
+            log.warning("skipping a corrupt shard (%d so far in this process): %s", holder.skipped, e)
+        done = 0
+    holder._pos = None

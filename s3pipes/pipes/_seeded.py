@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 
+from ._state import Resumable
 
-class Seeded:
+
+class Seeded(Resumable):
     """Mixin for shufflers. The seed of an epoch is, in order: the ``seed`` given by the user; the one
     the DataLoader hands every worker and rank through ``set_seed`` (one shared seed per epoch); a draw
     from torch's global RNG, so ``torch.manual_seed`` repeats a run. The epoch counts iterations and
-    can be set, as with ``DistributedSampler.set_epoch``."""
+    can be set, as with ``DistributedSampler.set_epoch``.
+
+    The state records the epoch's seed: StatefulDataLoader hands resumed workers another shared seed
+    than the one they started the epoch with, and a resumed epoch must keep its order."""
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed
@@ -31,11 +37,25 @@ class Seeded:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _epoch_rng(self) -> random.Random:
-        seed = self.seed if self.seed is not None else self._loader_seed
-        if seed is None:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, **super().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        super().load_state_dict(state)
+
+    def _begin(self) -> dict[str, Any]:
+        """The record of the epoch starting now (``epoch``, ``seed``): the loaded one when resuming."""
+        record = self._take_resume()
+        if record is None:
+            seed = self.seed if self.seed is not None else self._loader_seed
+            if seed is None:
+                seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            record = {"epoch": self.epoch, "seed": seed}
         self._loader_seed = None  # a loader's seed is for one epoch, as in torch's Shuffler
-        rng = random.Random(f"s3pipes/{seed}/{self.epoch}")  # str seeds hash the same in every process
-        self.epoch += 1
-        return rng
+        self.epoch = record["epoch"] + 1
+        return record
+
+    @staticmethod
+    def _rng(record: dict[str, Any]) -> random.Random:
+        return random.Random(f"s3pipes/{record['seed']}/{record['epoch']}")  # str seeds hash alike everywhere

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sized
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._seeded import Seeded
+from ._state import Cursor
 
 T = TypeVar("T")
 
@@ -33,22 +34,47 @@ class BufferShuffler(Seeded, IterDataPipe[T]):
         Seeded.__init__(self, seed)
         self.source_datapipe = source_datapipe
         self.buffer_size = buffer_size
+        self._live: list[Any] | None = None
 
     def __iter__(self) -> Iterator[T]:
-        if not self.enabled:
-            yield from self.source_datapipe
-            return
-        rng = self._epoch_rng()
-        buffer: list[T] = []
-        for item in self.source_datapipe:
-            if len(buffer) < self.buffer_size:
-                buffer.append(item)
-                continue
-            i = rng.randrange(self.buffer_size)
-            yield buffer[i]
-            buffer[i] = item
-        rng.shuffle(buffer)
-        yield from buffer
+        record = self._begin()
+        src = Cursor(self.source_datapipe, record.get("source"))
+        rng = self._rng(record)
+        if "rng" in record:
+            rng.setstate(record["rng"])
+        # slot -> sample: StatefulDataLoader sends only the slots that changed since its last snapshot
+        buffer: dict[int, T] = dict(record.get("buffer", {}))
+        self._live = [record, src, rng, buffer]
+        return self._run(record, src, rng, buffer)
+
+    def _run(self, record: dict[str, Any], src: Cursor, rng: Any, buffer: dict[int, T]) -> Iterator[T]:
+        size = self.buffer_size if self.enabled else 0
+        if not record.get("draining"):
+            for item in src:
+                if len(buffer) < size:
+                    buffer[len(buffer)] = item
+                    continue
+                if not size:
+                    yield item
+                    continue
+                i = rng.randrange(size)
+                out, buffer[i] = buffer[i], item
+                yield out
+            self._live[0] = {**record, "draining": True}  # type: ignore[index]
+            order = list(buffer.values())
+            rng.shuffle(order)
+            buffer.clear()
+            buffer.update(enumerate(order))
+        while buffer:
+            yield buffer.pop(len(buffer) - 1)
+        self._live = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._live is None:
+            return {"epoch": self.epoch, "pos": None}
+        record, src, rng, buffer = self._live
+        pos = {**record, "source": src.mark(), "rng": rng.getstate(), "buffer": dict(buffer)}
+        return {"epoch": self.epoch, "pos": pos}
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):

@@ -7,9 +7,11 @@ from typing import Any, Iterator
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
+from ._state import Cursor, Resumable
+
 
 @functional_datapipe("group_samples")
-class SampleGrouper(IterDataPipe[dict[str, Any]]):
+class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
     """Groups consecutive ``(name, bytes)`` members that share a basename into one sample
     (functional name: ``group_samples``), as webdataset shards are laid out: ``s00013.cls`` and
     ``s00013.png`` become ``{"__key__": "s00013", "__url__": <shard>, "cls": b"3", "png": b"..."}``.
@@ -30,17 +32,27 @@ class SampleGrouper(IterDataPipe[dict[str, Any]]):
         self.source_datapipe = source_datapipe
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        src = Cursor(self.source_datapipe, self._take_resume())
+        self._pos = src.mark()
+        return self._run(src)
+
+    def _run(self, src: Cursor) -> Iterator[dict[str, Any]]:
         sample: dict[str, Any] | None = None
-        for name, data in self.source_datapipe:
+        before = self._pos  # where the member just pulled came from: a sample is resumed from its first member
+        for name, data in src:
             where, _, base = name.rpartition("/")
             key, _, ext = base.partition(".")
             if sample is None or (sample["__url__"], sample["__key__"]) != (where, key):
                 if sample is not None:
+                    self._pos = before
                     yield sample
                 sample = {"__key__": key, "__url__": where}
             if ext in sample:
                 raise ValueError(f"{name}: sample {key!r} already has a {ext!r} member; members of one "
                                  f"sample must be consecutive and distinct")
             sample[ext] = data
+            before = src.mark()
         if sample is not None:
+            self._pos = src.mark()
             yield sample
+        self._pos = None

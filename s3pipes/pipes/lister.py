@@ -11,10 +11,11 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 
 from ..config import S3Config
 from ..s3 import S3Client
+from ._state import Resumable
 
 
 @functional_datapipe("list_s3")
-class S3Lister(IterDataPipe[str]):
+class S3Lister(Resumable, IterDataPipe[str]):
     """Lists the objects under each prefix, in key order, fetching pages as they are consumed
     (functional name: ``list_s3``).
 
@@ -45,12 +46,25 @@ class S3Lister(IterDataPipe[str]):
         self.client = S3Client(config)
 
     def __iter__(self) -> Iterator[str]:
+        resume = self._take_resume()
+        done = resume["yielded"] if resume else 0
+        self._pos = {"yielded": done}
+        return self._run(done)
+
+    def _run(self, skip: int) -> Iterator[str]:
+        done = skip
         for prefix in self.source_datapipe:
             found = False
             for obj in self.client.list(prefix):
                 name = obj.url.rsplit("/", 1)[-1]
                 if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
                     found = True
+                    if skip:  # resuming: listing again is cheap, yielding again would repeat
+                        skip -= 1
+                        continue
+                    done += 1
+                    self._pos = {"yielded": done}
                     yield obj.url
             if not found:
                 raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
+        self._pos = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sized
-from typing import BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Iterable, Iterator, Union
 
-from torch.utils.data import IterDataPipe
+from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
 from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
@@ -13,12 +14,15 @@ from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph
 from .._concurrent import imap
 from ..config import S3Config
 from ..s3 import S3Client
+from ._state import Cursor, Resumable
+
+log = logging.getLogger(__name__)
 
 Payload = Union[bytes, BinaryIO]
 
 
 @functional_datapipe("read_s3")
-class S3Reader(IterDataPipe[tuple[str, Payload]]):
+class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
     """Reads each object URL into ``(url, bytes)``, or ``(url, file)`` with ``stream=True``
     (functional name: ``read_s3``).
 
@@ -29,6 +33,12 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
     DataLoader calls ``apply_sharding``), by position, before any GET: no ``sharding_filter`` is
     needed, and one placed upstream is honoured instead. ``shard=False`` turns the split off.
+
+    Under ``torch.distributed`` it also evens out the ranks (``even_ranks``, on by default when there
+    are several): the last ``N % world_size`` objects of the epoch's order are left out, so every rank
+    reads the same number of objects and DDP does not hang at the last step waiting for a rank that ran
+    out early. With equal-sized shards every rank then yields the same number of samples; with
+    ``shuffle_shards`` a different few objects are left out each epoch. ``even_ranks=False`` reads all.
 
     ``stream=True`` yields seekable file objects that stream with bounded memory (for large tar or zip
     shards); the consumer closes them, as ``load_tar`` and ``load_zip`` do.
@@ -44,7 +54,7 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
 
     def __init__(self, source_datapipe: IterDataPipe[str], *, stream: bool = False,
                  concurrency: int | None = None, ordered: bool = True, shard: bool | None = None,
-                 config: S3Config | None = None) -> None:
+                 even_ranks: bool | None = None, config: S3Config | None = None) -> None:
         self.source_datapipe = source_datapipe
         self.client = S3Client(config)
         self.stream, self.ordered = stream, ordered
@@ -54,6 +64,7 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
         self.shard = shard
         if not shard:
             self.apply_sharding = None  # type: ignore[assignment]  # torch's graph_settings then passes over it
+        self.even_ranks = even_ranks
         self.num_instances, self.instance_id = 1, 0
 
     def apply_sharding(self, num_of_instances: int, instance_id: int, sharding_group: object = None) -> None:
@@ -61,22 +72,53 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
             raise ValueError(f"instance_id {instance_id} must be in [0, {num_of_instances})")
         self.num_instances, self.instance_id = num_of_instances, instance_id
 
-    def _mine(self) -> Iterator[str]:
-        for i, url in enumerate(self.source_datapipe):
-            if i % self.num_instances == self.instance_id:
-                yield url
+    def _ranks(self) -> int:
+        # The DataLoader numbers ranks x workers together; its workers are the inner factor.
+        info = get_worker_info()
+        return self.num_instances // (info.num_workers if info is not None else 1)
+
+    def _mine(self, src: Cursor, done: set[int]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """This instance's URLs with their index in the source and the source position after them."""
+        own = ((url, src.count - 1, src.mark()) for url in src
+               if (src.count - 1) % self.num_instances == self.instance_id and src.count - 1 not in done)
+        ranks = self._ranks()
+        if ranks > 1 and self.even_ranks is not False:
+            own = list(own)  # type: ignore[assignment]
+            total = src.count
+            keep = total - total % ranks
+            if keep < total:
+                log.info("read_s3: leaving out %d of %d objects this epoch so that %d ranks read %d each",
+                         total - keep, total, ranks, keep // ranks)
+            own = (item for item in own if item[1] < keep)
+        return own
 
     def __iter__(self) -> Iterator[tuple[str, Payload]]:
+        resume = self._take_resume()
+        src = Cursor(self.source_datapipe, resume and resume["source"])
+        progress = _Progress(src.mark(), resume["done"] if resume else ())
+        self._pos = progress.state()
+        return self._run(self._mine(src, progress.done), progress)
+
+    def _run(self, own: Iterator[tuple[str, int, dict[str, Any]]], progress: _Progress) -> Iterator[tuple[str, Payload]]:
+        own = progress.track(own)
         if self.stream:
-            for url in self._mine():
+            for url, index, _ in own:
+                self._pos = progress.delivered(index)
                 yield url, self.client.open(url)
         else:
-            yield from imap(self.client.read, self._mine(), self.concurrency, self.ordered)
+            for (url, index, _), data in imap(lambda item: self.client.read(item[0]), own, self.concurrency,
+                                              self.ordered):
+                self._pos = progress.delivered(index)
+                yield url, data
+        self._pos = None
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
             raise TypeError(f"{type(self).__name__}'s length depends on a source without one")
-        n, rest = divmod(len(self.source_datapipe), self.num_instances)
+        total, ranks = len(self.source_datapipe), self._ranks()
+        if ranks > 1 and self.even_ranks is not False:
+            total -= total % ranks
+        n, rest = divmod(total, self.num_instances)
         return n + (self.instance_id < rest)
 
     def __repr__(self) -> str:
@@ -84,3 +126,28 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
         return f"S3Reader(shard={self.shard})"
 
     __str__ = __repr__
+
+
+class _Progress:
+    """Where a resumed reader goes on: the source position after the last object of an unbroken run of
+    delivered ones, plus the objects delivered beyond it out of order (``ordered=False``)."""
+
+    def __init__(self, base: dict[str, Any], done: Iterable[int]) -> None:
+        self.base, self.done = base, set(done)
+        self.pending: dict[int, list[Any]] = {}  # index -> [position after it, delivered], in index order
+
+    def track(self, own: Iterator[tuple[str, int, dict[str, Any]]]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        for item in own:
+            self.pending[item[1]] = [item[2], False]
+            yield item
+
+    def delivered(self, index: int) -> dict[str, Any]:
+        self.pending[index][1] = True
+        while self.pending and self.pending[first := next(iter(self.pending))][1]:
+            self.base = self.pending.pop(first)[0]
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        beyond = {i for i in self.done if i >= self.base["count"]}
+        beyond.update(i for i, (_, delivered) in self.pending.items() if delivered)
+        return {"source": self.base, "done": sorted(beyond)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sized
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
@@ -35,10 +35,20 @@ class ShardShuffler(Seeded, IterDataPipe[T]):
         self.source_datapipe = source_datapipe
 
     def __iter__(self) -> Iterator[T]:
+        record = self._begin()
+        self._pos = {**record, "yielded": record.get("yielded", 0)}
+        return self._run(record)
+
+    def _run(self, record: dict[str, Any]) -> Iterator[T]:
         items = list(self.source_datapipe)
         if self.enabled:
-            self._epoch_rng().shuffle(items)
-        yield from items
+            self._rng(record).shuffle(items)
+        done = record.get("yielded", 0)
+        for item in items[done:]:
+            done += 1
+            self._pos = {**record, "yielded": done}
+            yield item
+        self._pos = None
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):

@@ -12,6 +12,7 @@ from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._payload import Payload, expand_shards, naming_corruption, payload_file
+from ._state import Resumable
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
@@ -33,7 +34,7 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 @functional_datapipe("load_tar")
-class TarExpander(IterDataPipe[tuple[str, bytes]]):
+class TarExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
     """Expands ``(name, payload)`` of a tar (plain, ``.tar.gz``/``.tgz``, ``.tar.xz``) into
     ``(name + "/" + member, bytes)`` for each regular file, in archive order (functional name: ``load_tar``).
 
@@ -59,7 +60,7 @@ class TarExpander(IterDataPipe[tuple[str, bytes]]):
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        return expand_shards(self, self.source_datapipe, iter_tar)
+        return expand_shards(self, self.source_datapipe, iter_tar, self._take_resume())
 
 
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:

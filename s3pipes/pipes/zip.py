@@ -10,12 +10,13 @@ from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._payload import Payload, expand_shards, naming_corruption, payload_file
+from ._state import Resumable
 
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 @functional_datapipe("load_zip")
-class ZipExpander(IterDataPipe[tuple[str, bytes]]):
+class ZipExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
     """Expands ``(name, payload)`` of a zip into ``(name + "/" + member, bytes)`` for each file, in
     central-directory order (functional name: ``load_zip``).
 
@@ -41,7 +42,7 @@ class ZipExpander(IterDataPipe[tuple[str, bytes]]):
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        return expand_shards(self, self.source_datapipe, iter_zip)
+        return expand_shards(self, self.source_datapipe, iter_zip, self._take_resume())
 
 
 def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
