@@ -4,11 +4,13 @@ from .config import S3Config
 from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
 from .s3 import ObjectInfo, S3Client, S3Url, parse_url
+from .stores import FsspecClient, client_for
 
 __all__ = [
     "BucketNotFoundError",
     "BufferShuffler",
     "CorruptArchiveError",
+    "FsspecClient",
     "ObjectChangedError",
     "ObjectInfo",
     "S3Client",
@@ -20,6 +22,7 @@ __all__ = [
     "ShardShuffler",
     "TarExpander",
     "ZipExpander",
+    "client_for",
     "parse_url",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph
 from .._concurrent import imap
 from ..config import S3Config
 from ..s3 import S3Client
+from ..stores import client_for
 
 Payload = Union[bytes, BinaryIO]
 
@@ -32,6 +33,8 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
 
     ``stream=True`` yields seekable file objects that stream with bounded memory (for large tar or zip
     shards); the consumer closes them, as ``load_tar`` and ``load_zip`` do.
+
+    Besides ``s3://`` URLs it reads local paths, ``file://``, ``memory://`` and any fsspec protocol.
 
     Example:
         >>> from torch.utils.data import DataLoader
@@ -69,9 +72,9 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
     def __iter__(self) -> Iterator[tuple[str, Payload]]:
         if self.stream:
             for url in self._mine():
-                yield url, self.client.open(url)
+                yield url, client_for(url, self.client.config).open(url)
         else:
-            yield from imap(self.client.read, self._mine(), self.concurrency, self.ordered)
+            yield from imap(lambda url: client_for(url, self.client.config).read(url), self._mine(), self.concurrency, self.ordered)
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
