@@ -1,9 +1,10 @@
 """s3pipes: stream training data from S3 straight into PyTorch."""
 
+from .checkpoint import load, save
 from .config import S3Config
 from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
-from .s3 import ObjectInfo, S3Client, S3Url, parse_url
+from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .stores import FsspecClient, client_for
 
 __all__ = [
@@ -18,11 +19,14 @@ __all__ = [
     "S3Lister",
     "S3Reader",
     "S3Url",
+    "S3Writer",
     "SampleGrouper",
     "ShardShuffler",
     "TarExpander",
     "ZipExpander",
     "client_for",
+    "load",
     "parse_url",
+    "save",
 ]
 __version__ = "0.1.0"
