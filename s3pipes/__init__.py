@@ -1,5 +1,6 @@
 """s3pipes: stream training data from S3 straight into PyTorch."""
 
+from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
 from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
@@ -21,6 +22,7 @@ __all__ = [
     "S3Url",
     "S3Writer",
     "SampleGrouper",
+    "ShardCache",
     "ShardShuffler",
     "TarExpander",
     "ZipExpander",

@@ -11,6 +11,7 @@ from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
 
 from .._concurrent import imap
+from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
 from ..stores import client_for
@@ -34,6 +35,10 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
     ``stream=True`` yields seekable file objects that stream with bounded memory (for large tar or zip
     shards); the consumer closes them, as ``load_tar`` and ``load_zip`` do.
 
+    ``cache_dir`` keeps each object read on local disk, at most ``cache_limit`` bytes, least recently
+    used out first (see :class:`~s3pipes.cache.ShardCache`): from the second epoch on, cached shards
+    are read from disk. A cached object is downloaded whole before it is read, even with ``stream=True``.
+
     Besides ``s3://`` URLs it reads local paths, ``file://``, ``memory://`` and any fsspec protocol.
 
     Example:
@@ -47,9 +52,11 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
 
     def __init__(self, source_datapipe: IterDataPipe[str], *, stream: bool = False,
                  concurrency: int | None = None, ordered: bool = True, shard: bool | None = None,
-                 config: S3Config | None = None) -> None:
+                 config: S3Config | None = None, cache_dir: str | None = None,
+                 cache_limit: int = 10 << 30) -> None:
         self.source_datapipe = source_datapipe
         self.client = S3Client(config)
+        self.cache = ShardCache(cache_dir, cache_limit) if cache_dir else None
         self.stream, self.ordered = stream, ordered
         self.concurrency = concurrency or self.client.config.max_concurrency
         if shard is None:
@@ -69,12 +76,20 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
             if i % self.num_instances == self.instance_id:
                 yield url
 
+    def _read(self, url: str) -> bytes:
+        store = client_for(url, self.client.config)
+        return self.cache.read(url, store) if self.cache else store.read(url)
+
+    def _open(self, url: str) -> BinaryIO:
+        store = client_for(url, self.client.config)
+        return self.cache.open(url, store) if self.cache else store.open(url)  # type: ignore[return-value]
+
     def __iter__(self) -> Iterator[tuple[str, Payload]]:
         if self.stream:
             for url in self._mine():
-                yield url, client_for(url, self.client.config).open(url)
+                yield url, self._open(url)
         else:
-            yield from imap(lambda url: client_for(url, self.client.config).read(url), self._mine(), self.concurrency, self.ordered)
+            yield from imap(self._read, self._mine(), self.concurrency, self.ordered)
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
