@@ -3,6 +3,7 @@ by every DataLoader worker and process on the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import IO, Iterator
 
@@ -18,6 +20,7 @@ from .stores import Client
 log = logging.getLogger(__name__)
 
 _LOCKS = ".locks"
+_DEAD_DOWNLOAD = 3600  # seconds without a write after which a temporary file is a crashed download
 
 
 class ShardCache:
@@ -89,24 +92,23 @@ class ShardCache:
     def _evict(self, keep: str) -> None:
         with self._lock("evict"):
             files = []
+            now = time.time()
             for e in os.scandir(self.directory):
-                if e.name.startswith("."):
-                    continue  # lock files and downloads in progress
                 try:
                     st = e.stat()
                 except FileNotFoundError:
                     continue
-                files.append((st.st_mtime_ns, st.st_size, e.path))
+                if not e.name.startswith("."):
+                    files.append((st.st_mtime_ns, st.st_size, e.path))
+                elif e.name.endswith(".part") and now - st.st_mtime > _DEAD_DOWNLOAD:
+                    _remove(e.path)  # left by a process killed mid-download
             total = sum(size for _, size, _ in files)
             for _, size, path in sorted(files):
                 if total <= self.max_bytes:
                     break
                 if path == keep:
                     continue
-                try:
-                    os.unlink(path)  # a worker still reading it keeps its open file
-                except FileNotFoundError:
-                    pass
+                _remove(path)  # a worker still reading it keeps its open file
                 total -= size
                 log.debug("evicted %s", path)
 
@@ -122,3 +124,8 @@ class ShardCache:
     def read(self, url: str, store: Client) -> bytes:
         with self.open(url, store) as f:
             return f.read()
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

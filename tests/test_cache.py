@@ -79,8 +79,13 @@ def test_least_recently_used_out_under_the_limit(put, bucket: str, proxy: FaultP
     def cached() -> set[int]:
         return {i for i in range(4) if os.path.exists(cache._file(urls[i])[0])}
 
+    dead, live = tmp_path / ".crashed.part", tmp_path / ".downloading.part"
+    dead.write_bytes(b"x")
+    live.write_bytes(b"y")
+    os.utime(dead, (0, 0))
     for i in (0, 1, 2):
         fetch(i)
+    assert not dead.exists() and live.exists(), "a download dead for an hour is removed, a live one kept"
     assert cached() == {1, 2}, "shard 0 was used least recently"
     fetch(1)  # a hit refreshes shard 1
     gets = len(object_gets(proxy))
@@ -89,4 +94,4 @@ def test_least_recently_used_out_under_the_limit(put, bucket: str, proxy: FaultP
     assert sum(os.path.getsize(cache._file(urls[i])[0]) for i in cached()) <= cache.max_bytes
     with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/train/nope.tar"):
         cache.read(f"s3://{bucket}/train/nope.tar", store)
-    assert not [e for e in os.listdir(tmp_path) if e.endswith(".part")], "a failed download leaves nothing"
+    assert [e for e in os.listdir(tmp_path) if e.endswith(".part")] == [live.name], "a failed download leaves nothing"
