@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterDataPipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 
 from .config import S3Config
-from .s3 import S3Client
+from .s3 import S3Client, reset_clients
 from .stores import client_for
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def start_endpoint() -> Endpoint:
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)  # the demo's keys, not a profile's, sign its requests
     os.environ.update(endpoint.env)
+    reset_clients()  # a client built before would still point at the old endpoint
     S3Client(S3Config(endpoint_url=endpoint.url)).create_bucket(f"s3://{BUCKET}/")
     log.info("demo S3 endpoint at %s", endpoint.url)
     return endpoint

@@ -128,6 +128,13 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def reset_clients() -> None:
+    """Forget this process's clients, so the next one reads the environment again: for a process that
+    changes ``S3_ENDPOINT_URL`` or credentials after it has made requests (a notebook, the demo)."""
+    with _lock:
+        _clients.clear()
+
+
 def _boto_client(cfg: S3Config) -> Any:
     key = (os.getpid(), cfg)
     client = _clients.get(key)

@@ -32,7 +32,8 @@ class FsspecClient:
         self.fs = fs
 
     def __repr__(self) -> str:
-        return f"FsspecClient({self.fs.protocol!r})"
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"FsspecClient(protocol={protocol!r})"
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -102,7 +103,7 @@ def client_for(url: str, config: S3Config | None = None, **storage_options: Any)
     >>> client_for("s3://bucket/train/")  # doctest: +ELLIPSIS
     S3Client(S3Config(...))
     >>> client_for("/data/train/"), client_for("memory://train/")
-    (FsspecClient(('file', 'local')), FsspecClient('memory'))
+    (FsspecClient(protocol='file'), FsspecClient(protocol='memory'))
     """
     if not isinstance(url, str):
         raise TypeError(f"expected a URL or path string, got {url!r}")

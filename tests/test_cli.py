@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import boto3
@@ -89,3 +90,19 @@ def test_console_script_help() -> None:
     script = Path(sys.executable).with_name("s3pipes")
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("demo", "ls", "bench")), out.stdout
+
+
+def test_demo_endpoint_takes_over_a_process_that_used_s3_before(endpoint: str, bucket: str, boto) -> None:  # noqa: ANN001
+    """A notebook that read its own bucket, then starts the demo: the demo's data must go to the demo."""
+    boto.put_object(Bucket=bucket, Key="mine.bin", Body=b"x")
+    code = textwrap.dedent(f"""
+        from s3pipes import S3Client, demo
+        assert [o.url for o in S3Client().list("s3://{bucket}/")] == ["s3://{bucket}/mine.bin"]
+        with demo.start_endpoint():
+            demo.write_dataset(shards=1, per_shard=2)
+            print([o.url for o in S3Client().list("s3://s3pipes-demo/train/")])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['s3://s3pipes-demo/train/shard-0000.tar']"
+    assert "s3pipes-demo" not in [b["Name"] for b in boto.list_buckets()["Buckets"]], "nothing written to the old endpoint"
