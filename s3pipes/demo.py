@@ -83,9 +83,9 @@ def start_endpoint() -> Endpoint:
 def image(label: int, rng: random.Random, size: int = 32) -> bytes:
     """A PNG of class ``label``: its colour, noise, and a random dark square."""
     Image = _need("PIL.Image")
-    r, g, b = _PALETTE[label]
-    pixels = bytes(max(0, min(255, c + rng.randint(-40, 40))) for _ in range(size * size) for c in (r, g, b))
-    img = Image.frombytes("RGB", (size, size), pixels)
+    noise = torch.randint(-40, 41, (size, size, 3), generator=torch.Generator().manual_seed(rng.getrandbits(63)))
+    pixels = (torch.tensor(_PALETTE[label]) + noise).clamp(0, 255).to(torch.uint8)
+    img = Image.frombytes("RGB", (size, size), pixels.numpy().tobytes())
     x, y, s = rng.randrange(size // 2), rng.randrange(size // 2), rng.randrange(4, size // 2)
     img.paste((20, 20, 20), (x, y, x + s, y + s))
     buf = io.BytesIO()
