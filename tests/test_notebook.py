@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
@@ -17,9 +20,17 @@ def test_notebook_is_stored_without_outputs() -> None:
         "strip the outputs before committing (Jupyter: Edit > Clear outputs of all cells)"
 
 
-def test_notebook_runs_top_to_bottom() -> None:
+def test_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kernel of this interpreter under a name of its own: a "python3" kernel installed in the user's
+    # Jupyter directory could be another Python, without s3pipes.
+    spec = tmp_path / "kernels" / "s3pipes-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "s3pipes test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3",
+    NotebookClient(nb, timeout=120, kernel_name="s3pipes-test",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
