@@ -76,7 +76,7 @@ def _consume(item: tuple[str, Any]) -> int:
 
 def bench(args: argparse.Namespace) -> None:
     config = _config(args)
-    objects = [o for o in client_for(args.url, config).list(args.url)]
+    objects = list(client_for(args.url, config).list(args.url))
     total = sum(o.size for o in objects)
     dp = (IterableWrapper([o.url for o in objects])
           .read_s3(stream=args.stream, concurrency=args.concurrency, ordered=False, config=config).map(_consume))
