@@ -1,15 +1,19 @@
 """s3pipes: stream training data from S3 straight into PyTorch."""
 
+from .cache import ShardCache
+from .checkpoint import load, save
 from .config import S3Config
 from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists, get_file_size, list_files
 from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
-from .s3 import ObjectInfo, S3Client, S3Url, parse_url
+from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
+from .stores import FsspecClient, client_for
 
 __all__ = [
     "BucketNotFoundError",
     "BufferShuffler",
     "CorruptArchiveError",
+    "FsspecClient",
     "ObjectChangedError",
     "ObjectInfo",
     "S3Client",
@@ -19,7 +23,9 @@ __all__ = [
     "S3Lister",
     "S3Reader",
     "S3Url",
+    "S3Writer",
     "SampleGrouper",
+    "ShardCache",
     "ShardShuffler",
     "ShuffleDataset",
     "TarExpander",
@@ -27,6 +33,9 @@ __all__ = [
     "file_exists",
     "get_file_size",
     "list_files",
+    "client_for",
+    "load",
     "parse_url",
+    "save",
 ]
 __version__ = "0.1.0"

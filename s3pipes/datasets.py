@@ -22,7 +22,7 @@ from .pipes.reader import S3Reader
 from .pipes.shard_shuffler import ShardShuffler
 from .pipes.tar import iter_tar
 from .pipes.zip import iter_zip
-from .s3 import S3Client
+from .stores import client_for
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -42,15 +42,15 @@ class S3Dataset(Dataset[tuple[str, bytes]]):
     """
 
     def __init__(self, urls: str | Sequence[str], *, config: S3Config | None = None) -> None:
-        self.client = S3Client(config)
-        self.urls = [o.url for u in _as_list(urls) for o in self.client.list(u)]
+        self.config = config
+        self.urls = [o.url for u in _as_list(urls) for o in client_for(u, config).list(u)]
 
     def __len__(self) -> int:
         return len(self.urls)
 
     def __getitem__(self, idx: int) -> tuple[str, bytes]:
         url = self.urls[idx]
-        return url, self.client.read(url)
+        return url, client_for(url, self.config).read(url)
 
 
 class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
@@ -152,14 +152,14 @@ class ShuffleDataset(IterableDataset[Any]):
 
 def list_files(url: str) -> list[str]:
     """Every object URL under a prefix (or the object itself), as the plugin's ``list_files``."""
-    return [o.url for o in S3Client().list(url)]
+    return [o.url for o in client_for(url).list(url)]
 
 
 def file_exists(url: str) -> bool:
     """Whether the object exists, as the plugin's ``file_exists``."""
-    return S3Client().exists(url)
+    return client_for(url).exists(url)
 
 
 def get_file_size(url: str) -> int:
     """The object's size in bytes, as the plugin's ``get_file_size``."""
-    return S3Client().size(url)
+    return client_for(url).size(url)

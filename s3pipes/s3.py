@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, NamedTuple
@@ -128,6 +128,13 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def reset_clients() -> None:
+    """Forget this process's clients, so the next one reads the environment again: for a process that
+    changes ``S3_ENDPOINT_URL`` or credentials after it has made requests (a notebook, the demo)."""
+    with _lock:
+        _clients.clear()
 
 
 def _boto_client(cfg: S3Config) -> Any:
@@ -339,6 +346,18 @@ class S3Client:
                     e.response["Error"]["Code"] = "NoSuchBucket"  # HEAD has no body to say so
                 raise
 
+    def create_bucket(self, url: str) -> None:
+        """Create the bucket of ``url`` in the configured region; one these credentials own already is fine."""
+        u = S3Url.parse(url)
+        region = _resolve(self.config).region
+        where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        with self._errors(url, "create the bucket"):
+            try:
+                self._s3.create_bucket(Bucket=u.bucket, **where)
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
+
     def head(self, url: str) -> dict[str, Any]:
         u = S3Url.parse(url)
         try:
@@ -475,9 +494,7 @@ class S3Client:
         """Write ``data`` (bytes or a binary stream) to ``url``: multipart in ``part_size`` pieces when
         large, uploaded in parallel, streamed without a temporary file. A failed upload is aborted, so
         nothing is left at the key."""
-        u = S3Url.parse(url)
-        if u.is_prefix:
-            raise ValueError(f"{url!r} ends in '/'; name an object to write, e.g. 's3://bucket/dir/file.bin'")
+        u = _object_url(url)
         body = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
         cfg = TransferConfig(
             multipart_threshold=self.config.part_size,
@@ -486,6 +503,136 @@ class S3Client:
         )
         with self._errors(url, "write the object"):
             self._s3.upload_fileobj(body, u.bucket, u.key, Config=cfg, ExtraArgs=self._extra())
+
+    def open_write(self, url: str) -> S3Writer:
+        """A write-only stream to ``url`` that uploads ``part_size`` parts while it is written, a few in
+        flight, with no temporary file. The object appears only when the stream is closed; leaving a
+        ``with`` block by an exception, or dropping the stream unclosed, aborts the upload instead, so a
+        failed write never leaves a partial object at the key."""
+        return S3Writer(self, url)
+
+
+def _object_url(url: str) -> S3Url:
+    u = S3Url.parse(url)
+    if u.is_prefix:
+        raise ValueError(f"{url!r} ends in '/'; name an object to write, e.g. 's3://bucket/dir/file.bin'")
+    return u
+
+
+def _object_call(client: S3Client, url: str, action: str, op: str, **kwargs: Any) -> dict[str, Any]:
+    u = S3Url.parse(url)
+    with client._errors(url, action):
+        return getattr(client._s3, op)(Bucket=u.bucket, Key=u.key, **kwargs, **client._extra())
+
+
+def _upload_part(client: S3Client, url: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+    resp = _object_call(client, url, "write the object", "upload_part", UploadId=upload_id, PartNumber=number,
+                        Body=data)
+    return {"PartNumber": number, "ETag": resp["ETag"]}
+
+
+class S3Writer(io.BufferedIOBase):
+    """The stream of :meth:`S3Client.open_write`: a multipart upload completed by :meth:`close` and
+    cancelled by :meth:`abort`. A write smaller than one part is a single PUT at close."""
+
+    _IN_FLIGHT = 4  # parts uploading at once; memory is (this + 1) parts
+
+    def __init__(self, client: S3Client, url: str) -> None:
+        super().__init__()
+        _object_url(url)
+        self._client, self._url = client, url
+        self._buf = bytearray()
+        self._written = 0
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+
+    @property
+    def name(self) -> str:
+        return self._url
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, b: Any) -> int:
+        if self.closed:
+            raise ValueError(f"{self._url}: write to a closed upload")
+        n = memoryview(b).nbytes
+        self._buf += b
+        self._written += n
+        part = self._client.config.part_size
+        while len(self._buf) >= part:
+            self._send(bytes(self._buf[:part]))
+            del self._buf[:part]
+        return n
+
+    def _call(self, action: str, op: str, **kwargs: Any) -> dict[str, Any]:
+        return _object_call(self._client, self._url, action, op, **kwargs)
+
+    def _send(self, data: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._call("start the upload", "create_multipart_upload")["UploadId"]
+        pending = [f for f in self._parts if not f.done()]
+        if len(pending) >= self._IN_FLIGHT:
+            wait(pending, return_when=FIRST_COMPLETED)
+        for f in self._parts:
+            if f.done() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]  # a failed part fails the write now, not at close
+        # The part uploads hold no reference to this stream, so dropping it unclosed finalises it at once.
+        number = len(self._parts) + 1
+        self._parts.append(_pool(self._client.config.max_concurrency).submit(
+            _upload_part, self._client, self._url, self._upload_id, number, data))
+
+    def close(self) -> None:
+        """Upload what is left and complete the object; on any error the upload is aborted."""
+        if self.closed:
+            return
+        try:
+            if self._upload_id is None:
+                self._call("write the object", "put_object", Body=bytes(self._buf))
+            else:
+                if self._buf:
+                    self._send(bytes(self._buf))
+                parts = [f.result() for f in self._parts]
+                self._call("complete the upload", "complete_multipart_upload", UploadId=self._upload_id,
+                           MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.abort()
+            raise
+        self._buf = bytearray()
+        super().close()
+
+    def abort(self) -> None:
+        """Drop everything written: no object appears and no parts are kept."""
+        if self.closed:
+            return
+        super().close()
+        self._buf = bytearray()
+        for f in self._parts:
+            f.cancel()
+        wait(self._parts)  # a part still uploading after the abort would be kept (and billed)
+        if self._upload_id is not None:
+            self._call("abort the upload", "abort_multipart_upload", UploadId=self._upload_id)
+            log.info("%s: upload aborted", self._url)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        # io's finaliser would close(), completing an upload that was abandoned half-written.
+        if not self.closed:
+            try:
+                self.abort()
+            except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser
+                log.warning("%s: could not abort an abandoned upload", self._url, exc_info=True)
+
+    def __getstate__(self) -> None:
+        raise TypeError(f"an open S3 upload ({self._url}) cannot be pickled")
 
 
 class S3RawFile(io.RawIOBase):

@@ -166,11 +166,13 @@ def test_helpers(data: str) -> None:
     (lambda b: S3Dataset("s3://no-such-bucket-s3pipes/x/"), FileNotFoundError, "s3://no-such-bucket-s3pipes/x/"),
     (lambda b: S3Dataset(f"s3://{b}/images/missing.png"), FileNotFoundError,
      "/images/missing.png: no such object"),
-    (lambda b: S3Dataset("bucket/key"), ValueError, "'bucket/key' is not an S3 URL"),
+    (lambda b: S3Dataset("s3:/bucket/key"), ValueError, "'s3:/bucket/key' is not an S3 URL"),
+    (lambda b: S3Dataset("no/such/dir/"), FileNotFoundError, "no/such/dir/: no files under this path"),
     (lambda b: list(S3IterableDataset("s3://no-such-bucket-s3pipes/x/")), FileNotFoundError,
      "bucket 'no-such-bucket-s3pipes' does not exist"),
     (lambda b: list(S3IterableDataset(f"s3://{b}/nothing/")), FileNotFoundError, "/nothing/: no objects"),
-    (lambda b: list(S3IterableDataset("garbage")), ValueError, "'garbage' is not an S3 URL"),
+    (lambda b: list(S3IterableDataset("s3//garbage")), FileNotFoundError, "s3//garbage"),
+    (lambda b: list(S3IterableDataset("s3:garbage")), ValueError, "'s3:garbage' is not an S3 URL"),
 ])
 def test_bad_input_raises_quickly_naming_the_url(data: str, make, exc: type, words: str) -> None:  # noqa: ANN001
     t = time.monotonic()

@@ -11,6 +11,7 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 
 from ..config import S3Config
 from ..s3 import S3Client
+from ..stores import client_for
 from ._state import Resumable
 
 
@@ -20,7 +21,8 @@ class S3Lister(Resumable, IterDataPipe[str]):
     (functional name: ``list_s3``).
 
     A URL naming an object yields itself; ``s3://b/dir`` with no object of that name lists ``s3://b/dir/``.
-    A prefix with no (matching) objects raises ``FileNotFoundError`` naming it.
+    A prefix with no (matching) objects raises ``FileNotFoundError`` naming it. Local directories,
+    ``file://``, ``memory://`` and other fsspec URLs are listed recursively the same way.
 
     Args:
         source_datapipe: URLs (``s3://bucket/prefix/`` or ``s3://bucket/key``), or one URL, or a list.
@@ -55,7 +57,7 @@ class S3Lister(Resumable, IterDataPipe[str]):
         done = skip
         for prefix in self.source_datapipe:
             found = False
-            for obj in self.client.list(prefix):
+            for obj in client_for(prefix, self.client.config).list(prefix):
                 name = obj.url.rsplit("/", 1)[-1]
                 if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
                     found = True

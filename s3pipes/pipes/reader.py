@@ -12,11 +12,13 @@ from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
 
 from .._concurrent import imap
+from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
 from ._state import Cursor, Resumable
 
 log = logging.getLogger(__name__)
+from ..stores import client_for
 
 Payload = Union[bytes, BinaryIO]
 
@@ -43,6 +45,12 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
     ``stream=True`` yields seekable file objects that stream with bounded memory (for large tar or zip
     shards); the consumer closes them, as ``load_tar`` and ``load_zip`` do.
 
+    ``cache_dir`` keeps each object read on local disk, at most ``cache_limit`` bytes, least recently
+    used out first (see :class:`~s3pipes.cache.ShardCache`): from the second epoch on, cached shards
+    are read from disk. A cached object is downloaded whole before it is read, even with ``stream=True``.
+
+    Besides ``s3://`` URLs it reads local paths, ``file://``, ``memory://`` and any fsspec protocol.
+
     Example:
         >>> from torch.utils.data import DataLoader
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
@@ -54,9 +62,11 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
 
     def __init__(self, source_datapipe: IterDataPipe[str], *, stream: bool = False,
                  concurrency: int | None = None, ordered: bool = True, shard: bool | None = None,
-                 even_ranks: bool | None = None, config: S3Config | None = None) -> None:
+                 even_ranks: bool | None = None, config: S3Config | None = None, cache_dir: str | None = None,
+                 cache_limit: int = 10 << 30) -> None:
         self.source_datapipe = source_datapipe
         self.client = S3Client(config)
+        self.cache = ShardCache(cache_dir, cache_limit) if cache_dir else None
         self.stream, self.ordered = stream, ordered
         self.concurrency = concurrency or self.client.config.max_concurrency
         if shard is None:
@@ -92,6 +102,14 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
             own = (item for item in own if item[1] < keep)
         return own
 
+    def _read(self, url: str) -> bytes:
+        store = client_for(url, self.client.config)
+        return self.cache.read(url, store) if self.cache else store.read(url)
+
+    def _open(self, url: str) -> BinaryIO:
+        store = client_for(url, self.client.config)
+        return self.cache.open(url, store) if self.cache else store.open(url)  # type: ignore[return-value]
+
     def __iter__(self) -> Iterator[tuple[str, Payload]]:
         resume = self._take_resume()
         src = Cursor(self.source_datapipe, resume and resume["source"])
@@ -104,10 +122,9 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
         if self.stream:
             for url, index, _ in own:
                 self._pos = progress.delivered(index)
-                yield url, self.client.open(url)
+                yield url, self._open(url)
         else:
-            for (url, index, _), data in imap(lambda item: self.client.read(item[0]), own, self.concurrency,
-                                              self.ordered):
+            for (url, index, _), data in imap(lambda item: self._read(item[0]), own, self.concurrency, self.ordered):
                 self._pos = progress.delivered(index)
                 yield url, data
         self._pos = None

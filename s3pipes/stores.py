@@ -1,0 +1,113 @@
+"""The one place that knows the protocol: :func:`client_for` gives :class:`~s3pipes.s3.S3Client` for
+``s3://`` and an fsspec-backed :class:`FsspecClient` with the same methods for anything else (plain local
+paths, ``file://``, ``memory://``, and any protocol an installed fsspec plugin adds, e.g. ``gs://``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import IO, Any, Iterator, Union
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .config import S3Config
+from .s3 import ObjectInfo, S3Client, S3Url
+
+
+class FsspecClient:
+    """Lists, sizes, checks, reads and writes the files of one fsspec filesystem with the methods of
+    :class:`~s3pipes.s3.S3Client`, so the pipes treat a local directory like a bucket. URLs come back
+    spelled as given (``memory://data/a.tar``, ``/tmp/data/a.tar``); a missing path raises
+    ``FileNotFoundError`` naming the URL.
+
+    >>> import fsspec
+    >>> fsspec.filesystem("memory").pipe("/doc/a.bin", b"abc")
+    >>> fs = client_for("memory://doc/")
+    >>> [tuple(o) for o in fs.list("memory://doc/")], fs.read_range("memory://doc/a.bin", 1, 3)
+    ([('memory://doc/a.bin', 3)], b'bc')
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
+        self.fs = fs
+
+    def __repr__(self) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"FsspecClient(protocol={protocol!r})"
+
+    def _path(self, url: str) -> str:
+        return self.fs._strip_protocol(url)
+
+    @contextmanager
+    def _naming(self, url: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{url}: no such file; check the path") from e
+
+    def list(self, url: str) -> Iterator[ObjectInfo]:
+        """Files under a directory, recursively, in path order; a URL naming a file yields it alone."""
+        path = self._path(url)
+        if self.fs.isfile(path):
+            yield ObjectInfo(url, int(self.fs.size(path)))
+            return
+        try:
+            found = self.fs.find(path, detail=True)
+        except FileNotFoundError:
+            found = {}
+        files = sorted(p for p, info in found.items() if info.get("type") != "directory")
+        if not files:
+            raise FileNotFoundError(f"{url}: no files under this path; check the path")
+        root, base = path.rstrip("/"), url.rstrip("/")
+        for p in files:
+            yield ObjectInfo(f"{base}/{p[len(root):].lstrip('/')}", int(found[p]["size"]))
+
+    def size(self, url: str) -> int:
+        with self._naming(url):
+            return int(self.fs.size(self._path(url)))
+
+    def exists(self, url: str) -> bool:
+        return bool(self.fs.isfile(self._path(url)))
+
+    def read(self, url: str) -> bytes:
+        with self._naming(url):
+            return bytes(self.fs.cat_file(self._path(url)))
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        if start < 0 or end < start:
+            raise ValueError(f"{url}: bad byte range [{start}, {end})")
+        with self._naming(url):
+            return bytes(self.fs.cat_file(self._path(url), start, end))
+
+    def open(self, url: str) -> IO[bytes]:
+        with self._naming(url):
+            return self.fs.open(self._path(url), "rb")
+
+    @contextmanager
+    def open_write(self, url: str) -> Iterator[IO[bytes]]:
+        """A binary file to write ``url``; it is committed when the block ends without an error and
+        discarded otherwise (an fsspec transaction: local files are written aside and renamed)."""
+        path = self._path(url)
+        self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+        with self.fs.transaction, self.fs.open(path, "wb") as f:
+            yield f
+
+
+Client = Union[S3Client, FsspecClient]
+
+
+def client_for(url: str, config: S3Config | None = None, **storage_options: Any) -> Client:
+    """The client for ``url``'s protocol: S3 (configured by ``config``) for ``s3://``, fsspec
+    (configured by ``storage_options``) for everything else.
+
+    >>> client_for("s3://bucket/train/")  # doctest: +ELLIPSIS
+    S3Client(S3Config(...))
+    >>> client_for("/data/train/"), client_for("memory://train/")
+    (FsspecClient(protocol='file'), FsspecClient(protocol='memory'))
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"expected a URL or path string, got {url!r}")
+    if url.lower().startswith(("s3:", "s3a:", "s3n:")):
+        S3Url.parse(url)  # a mistyped S3 URL is a ValueError showing the form, not a missing local path
+        return S3Client(config)
+    return FsspecClient(url_to_fs(url, **storage_options)[0])

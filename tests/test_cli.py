@@ -1,0 +1,108 @@
+"""The `s3pipes` command: demo (in a subprocess, with its own endpoint), ls and bench against moto's server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import boto3
+import pytest
+
+from s3pipes.cli import main
+
+THROUGHPUT = re.compile(r"demo: (\d+) samples, [\d.]+ MB in [\d.]+ s: \d+ samples/s, [\d.]+ MB/s; loss [\d.]+ -> [\d.]+")
+
+
+def cli(*args: str, **kw: object) -> subprocess.Popen:
+    # The demo must not need the test session's endpoint: it starts its own.
+    env = {k: v for k, v in os.environ.items() if k != "S3_ENDPOINT_URL"}
+    return subprocess.Popen([sys.executable, "-m", "s3pipes", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_demo_trains_and_prints_its_throughput() -> None:
+    proc = cli("demo", "--shards", "3", "--per-shard", "40", "--workers", "2")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    m = THROUGHPUT.search(out)
+    assert m and int(m.group(1)) == 120, out
+    assert "epoch 1" in err and "120/120" in err, "a tqdm progress bar on stderr"
+
+
+def test_demo_keep_serves_until_ctrl_c() -> None:
+    proc = cli("demo", "--shards", "2", "--per-shard", "10", "--workers", "0", "--keep")
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        env = dict(re.findall(r"export (\w+)=(\S+)", "".join(lines)))
+        assert set(env) >= {"S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}, lines
+        s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="s3pipes-demo")["Contents"]]
+        assert keys == ["train/shard-0000.tar", "train/shard-0001.tar"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.fixture
+def objects(put, bucket: str) -> list[str]:  # noqa: ANN001
+    return [put(f"s3://{bucket}/data/{i:02d}.bin", bytes(1000 * (i + 1))) for i in range(5)]
+
+
+def test_ls_lists_sizes_and_total(endpoint: str, bucket: str, objects: list[str], capsys) -> None:  # noqa: ANN001
+    assert main(["ls", f"s3://{bucket}/data/", "--endpoint-url", endpoint]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:5] == [f"{1000 * (i + 1):>14,}  {u}" for i, u in enumerate(objects)]
+    assert out[5] == "5 objects, 15.0 KB (15,000 bytes)"
+    assert main(["ls", f"s3://{bucket}/nothing/"]) == 1
+    assert f"s3://{bucket}/nothing/: no objects" in capsys.readouterr().err
+
+
+def test_ls_local_directory(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.tar").write_bytes(b"12345")
+    assert main(["ls", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{5:>14,}  {tmp_path}/a/x.tar", "1 objects, 5 B (5 bytes)"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--stream"]])
+def test_bench_reads_every_byte(endpoint: str, bucket: str, objects: list[str], capsys, extra: list[str]) -> None:  # noqa: ANN001
+    code = main(["bench", f"s3://{bucket}/data/", "--concurrency", "4", "--workers", "2", "--endpoint-url", endpoint,
+                 *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert re.search(r"bench: 5 objects, 15\.0 KB in [\d.]+ s: [\d.]+ MB/s, [\d.]+ objects/s "
+                     r"\(concurrency 4, 2 workers", captured.out), captured.out
+    assert "read" in captured.err, "a tqdm progress bar"
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).with_name("s3pipes")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("demo", "ls", "bench")), out.stdout
+
+
+def test_demo_endpoint_takes_over_a_process_that_used_s3_before(endpoint: str, bucket: str, boto) -> None:  # noqa: ANN001
+    """A notebook that read its own bucket, then starts the demo: the demo's data must go to the demo."""
+    boto.put_object(Bucket=bucket, Key="mine.bin", Body=b"x")
+    code = textwrap.dedent(f"""
+        from s3pipes import S3Client, demo
+        assert [o.url for o in S3Client().list("s3://{bucket}/")] == ["s3://{bucket}/mine.bin"]
+        with demo.start_endpoint():
+            demo.write_dataset(shards=1, per_shard=2)
+            print([o.url for o in S3Client().list("s3://s3pipes-demo/train/")])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['s3://s3pipes-demo/train/shard-0000.tar']"
+    assert "s3pipes-demo" not in [b["Name"] for b in boto.list_buckets()["Buckets"]], "nothing written to the old endpoint"

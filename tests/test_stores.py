@@ -1,0 +1,104 @@
+"""The same pipes and chain over every store: S3, a local directory (plain path and file://), memory://."""
+
+from __future__ import annotations
+
+import collections
+import uuid
+
+import fsspec
+import pytest
+from shards import label_of, samples, tar_bytes, zip_bytes
+from torch.utils.data import DataLoader
+from torch.utils.data.datapipes.iter import IterableWrapper
+
+import s3pipes
+from s3pipes import FsspecClient, S3Client
+
+SHARDS, PER_SHARD = 4, 5
+
+
+@pytest.fixture(scope="module", params=["s3", "local", "file", "memory"])
+def root(request, boto, module_bucket: str, tmp_path_factory) -> str:  # noqa: ANN001
+    """A store holding tar shards (one gzipped), zip shards of the same samples, and loose objects."""
+    kind = request.param
+    if kind == "s3":
+        root = f"s3://{module_bucket}/data"
+    elif kind == "memory":
+        root = f"memory://stores-{uuid.uuid4().hex[:8]}/data"
+    else:
+        path = tmp_path_factory.mktemp("store") / "data"
+        root = str(path) if kind == "local" else f"file://{path}"
+    for i in range(SHARDS):
+        members = samples(i * PER_SHARD, PER_SHARD)
+        tar = f"tar/shard-{i}.tar.gz" if i == 3 else f"tar/shard-{i}.tar"
+        put(boto, f"{root}/{tar}", tar_bytes(members, "w:gz" if i == 3 else "w"))
+        put(boto, f"{root}/zip/shard-{i}.zip", zip_bytes(members))
+    for i in range(12):
+        put(boto, f"{root}/objs/{i:02d}.bin", f"object {i}".encode() * (i + 1))
+    yield root
+    if kind == "memory":
+        fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
+
+
+def put(boto, url: str, data: bytes) -> None:  # noqa: ANN001 - written by plain boto3 or plain fsspec
+    if url.startswith("s3://"):
+        bucket, _, key = url[5:].partition("/")
+        boto.put_object(Bucket=bucket, Key=key, Body=data)
+    else:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.pipe_file(path, data)
+
+
+def expected(root: str, kind: str) -> dict[str, str]:
+    """Every member of the ``kind`` shards by name, mapped to its sample key."""
+    out = {}
+    for i in range(SHARDS):
+        shard = f"{root}/tar/shard-{i}.tar.gz" if kind == "tar" and i == 3 else f"{root}/{kind}/shard-{i}.{kind}"
+        out.update({f"{shard}/{n}": n.split(".")[0] for n, _ in samples(i * PER_SHARD, PER_SHARD)})
+    return out
+
+
+def test_client_for_dispatches_on_the_protocol(root: str) -> None:
+    client = s3pipes.client_for(root)
+    assert isinstance(client, S3Client if root.startswith("s3://") else FsspecClient)
+    url = f"{root}/objs/03.bin"
+    assert client.exists(url) and client.size(url) == 32
+    assert client.read_range(url, 7, 12) == b"3obje"
+    with client.open(url) as f:
+        f.seek(8)
+        assert f.read(6) == b"object"
+
+
+def test_lister_in_order_with_masks(root: str) -> None:
+    assert list(s3pipes.S3Lister(f"{root}/objs/", masks="0?.bin")) == [f"{root}/objs/{i:02d}.bin" for i in range(10)]
+    assert list(s3pipes.S3Lister(f"{root}/tar")) == [f"{root}/tar/shard-{i}.tar" for i in range(3)] + [
+        f"{root}/tar/shard-3.tar.gz"]
+    assert list(s3pipes.S3Lister(f"{root}/objs/01.bin")) == [f"{root}/objs/01.bin"]
+    with pytest.raises(FileNotFoundError, match=f"{root}/none/"):
+        list(s3pipes.S3Lister(f"{root}/none/"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reader_reads_in_order_and_names_missing(root: str, stream: bool) -> None:
+    urls = [f"{root}/objs/{i:02d}.bin" for i in range(12)]
+    def read(urls: list[str]) -> list[tuple[str, bytes]]:
+        got = IterableWrapper(urls).read_s3(stream=stream, concurrency=4)
+        return [(u, p.read() if stream else p) for u, p in got]  # an S3 stream sends its GET at the first read
+
+    assert read(urls) == [(u, f"object {i}".encode() * (i + 1)) for i, u in enumerate(urls)]
+    missing = f"{root}/objs/nope.bin"
+    with pytest.raises(FileNotFoundError, match=missing):
+        read([missing])
+
+
+@pytest.mark.parametrize("kind, stream", [("tar", False), ("tar", True), ("zip", True)])
+def test_chain_exactly_once_with_0_and_2_workers(root: str, kind: str, stream: bool) -> None:
+    want = expected(root, kind)
+    for workers in (0, 2):
+        dp = IterableWrapper([f"{root}/{kind}/"]).list_s3().shuffle_shards().read_s3(stream=stream)
+        dp = (dp.load_tar() if kind == "tar" else dp.load_zip()).group_samples()
+        got = list(DataLoader(dp, batch_size=None, num_workers=workers))
+        assert collections.Counter(s["__key__"] for s in got) == collections.Counter(set(want.values())), workers
+        assert {f"{s['__url__']}/{s['__key__']}.png" for s in got} == {n for n in want if n.endswith(".png")}
+        assert all(label_of(s["png"]) == int(s["cls"]) for s in got), "labels stay with their images"
