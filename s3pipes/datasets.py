@@ -70,9 +70,9 @@ class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
     """
 
     def __init__(self, urls: str | Sequence[str], shuffle_urls: bool = False, *, seed: int = 0,
-                 skip_corrupt: bool = False, config: S3Config | None = None) -> None:
+                 skip_corrupt: bool = False, even_ranks: bool | None = None, config: S3Config | None = None) -> None:
         self.urls = _as_list(urls)
-        self.shuffle_urls, self.seed, self.config = shuffle_urls, seed, config
+        self.shuffle_urls, self.seed, self.config, self.even_ranks = shuffle_urls, seed, config, even_ranks
         self.skip_corrupt, self.skipped = skip_corrupt, 0
         self.epoch = 0
         self._dist = _dist.current()
@@ -99,7 +99,7 @@ class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
         if self.shuffle_urls:
             shards = ShardShuffler(shards, seed=self.seed)
             shards.set_epoch(epoch)
-        reader = S3Reader(shards, stream=True, config=self.config)
+        reader = S3Reader(shards, stream=True, even_ranks=self.even_ranks, config=self.config)
         reader.apply_sharding(*_dist.instance(self._dist))
         members = expand_shards(self, reader, _expand_any, resume and resume["shards"])
         for name, data in members:
