@@ -49,3 +49,33 @@ def test_uneven_shards_give_every_rank_the_same_count(ranks_output: dict, scenar
     shards_read = {int(k[1:]) // PER_SHARD for r in seen for k in keys(r)}
     assert len(shards_read) == SHARDS - 1, "7 shards on 2 ranks: 3 each, one left out this epoch"
     assert not set(keys(seen[0])) & set(keys(seen[1]))
+
+
+def test_ddp_example_checkpoints_and_resumes_mid_epoch(boto, bucket: str, tmp_path) -> None:  # noqa: ANN001
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for i in range(8):
+        boto.put_object(Bucket=bucket, Key=f"shards/shard-{i}.tar", Body=tar_bytes(samples(i * 8, 8)))
+    script = Path(__file__).resolve().parents[1] / "examples" / "ddp_train.py"
+    log = tmp_path / "seen"
+
+    def torchrun(*extra: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+             str(script), f"s3://{bucket}/shards/", "--ckpt", f"s3://{bucket}/ckpt/", "--seen", str(log), *extra],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    assert "stopped after step 3" in torchrun("--stop-after", "3")
+    assert "8 steps, 1 epochs" in torchrun("--resume")
+    seen = [k for r in range(2) for k in (tmp_path / f"seen.rank{r}").read_text().split()]
+    assert collections.Counter(seen) == collections.Counter(f"s{i:05d}" for i in range(64)), \
+        "the run before the crash and the resumed run trained on every sample once"
+    assert [len((tmp_path / f"seen.rank{r}").read_text().split()) for r in range(2)] == [32, 32]
