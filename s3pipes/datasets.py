@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, IterableDataset
 from . import _dist
 from .config import S3Config
 from .pipes._payload import expand_shards
-from .pipes._state import Resumable
+from .pipes._state import Epoched
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
 from .pipes.reader import S3Reader
@@ -53,7 +53,7 @@ class S3Dataset(Dataset[tuple[str, bytes]]):
         return url, client_for(url, self.config).read(url)
 
 
-class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
+class S3IterableDataset(Epoched, IterableDataset[tuple[str, bytes]]):
     """Yields ``(name, bytes)`` for every object under ``urls``; a ``.tar``, ``.tar.gz``, ``.tgz`` or
     ``.zip`` object yields its members instead (``(member_name, bytes)``, in archive order, streamed).
 
@@ -74,18 +74,7 @@ class S3IterableDataset(Resumable, IterableDataset[tuple[str, bytes]]):
         self.urls = _as_list(urls)
         self.shuffle_urls, self.seed, self.config, self.even_ranks = shuffle_urls, seed, config, even_ranks
         self.skip_corrupt, self.skipped = skip_corrupt, 0
-        self.epoch = 0
         self._dist = _dist.current()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, **super().state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
-        super().load_state_dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled in the main process as workers start: the last moment the rank is known for sure.

@@ -88,3 +88,18 @@ def test_resume_state_outside_an_epoch_starts_the_next(module_bucket: str, data:
     fresh.load_state_dict(state)
     second = [n for n, _ in fresh]
     assert state["epoch"] == 1 and sorted(first) == sorted(second) and first != second
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_reader_resumes_with_requests_in_flight(bucket: str, boto, ordered: bool) -> None:  # noqa: ANN001
+    for i in range(60):
+        boto.put_object(Bucket=bucket, Key=f"o/{i:02d}", Body=b"x" * (i * 997 % 5000))
+    make = lambda: IterableWrapper([f"s3://{bucket}/o/"]).list_s3().read_s3(concurrency=8, ordered=ordered)  # noqa: E731
+    dp = make()
+    it = iter(dp)
+    before = [next(it)[0] for _ in range(23)]
+    state = dp.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    after = [u for u, _ in resumed]
+    assert sorted(before + after) == [f"s3://{bucket}/o/{i:02d}" for i in range(60)]

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ._state import Resumable
+from ._state import Epoched
 
 
-class Seeded(Resumable):
+class Seeded(Epoched):
     """Mixin for shufflers. The seed of an epoch is, in order: the ``seed`` given by the user; the one
     the DataLoader hands every worker and rank through ``set_seed`` (one shared seed per epoch); a draw
     from torch's global RNG, so ``torch.manual_seed`` repeats a run. The epoch counts iterations and
@@ -21,7 +21,6 @@ class Seeded(Resumable):
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed
-        self.epoch = 0
         self.enabled = True
         self._loader_seed: int | None = None
 
@@ -33,16 +32,6 @@ class Seeded(Resumable):
         """``DataLoader(shuffle=False)`` turns shuffling off through this."""
         self.enabled = shuffle
         return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, **super().state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
-        super().load_state_dict(state)
 
     def _begin(self) -> dict[str, Any]:
         """The record of the epoch starting now (``epoch``, ``seed``): the loaded one when resuming."""

@@ -38,6 +38,22 @@ class Resumable:
         return resume
 
 
+class Epoched(Resumable):
+    """A resumable with an epoch counter, settable as with ``DistributedSampler.set_epoch``."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, **super().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        super().load_state_dict(state)
+
+
 class Cursor(Iterator[Any]):
     """Iterates a source and can say, after any item, how to get back there: the source's own state
     when it has one, else the count of items pulled (a restart then skips that many, which is cheap for
