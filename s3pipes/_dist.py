@@ -6,18 +6,15 @@ captured in the main process (when a dataset is built or pickled to its workers)
 
 from __future__ import annotations
 
-import os
-
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
 
 def current() -> tuple[int, int] | None:
-    """``(rank, world_size)`` of an initialized process group, else from torchrun's environment."""
+    """``(rank, world_size)`` of the initialized process group, if any. (Not torchrun's RANK: a rank
+    that reads a dataset alone, say to evaluate, has no process group and must read all of it.)"""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return None
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, IterableDataset
 from . import _dist
 from .config import S3Config
 from .pipes._payload import expand_shards
-from .pipes._state import Epoched
+from .pipes._state import ENDED, Epoched
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
 from .pipes.reader import S3Reader
@@ -61,7 +61,8 @@ class S3IterableDataset(Epoched, IterableDataset[tuple[str, bytes]]):
     also when it is wrapped in your own ``IterableDataset``; under ``torch.distributed`` every rank gets
     the same number of shards (see ``S3Reader``'s ``even_ranks``). With ``shuffle_urls=True`` the shard
     order is a function of ``seed`` and the epoch, the same on every rank and worker: call
-    ``set_epoch(e)`` before each epoch (each iteration otherwise moves to the next epoch by itself).
+    ``set_epoch(e)`` before each epoch. (Iterating again moves to the next epoch by itself only where the
+    same object iterates: in the main process or persistent workers. Other workers get a fresh copy.)
     ``state_dict``/``load_state_dict`` resume an epoch mid-way with ``StatefulDataLoader``.
 
     >>> ds = S3IterableDataset(["s3://bucket/train/"], shuffle_urls=True)  # doctest: +SKIP
@@ -82,6 +83,9 @@ class S3IterableDataset(Epoched, IterableDataset[tuple[str, bytes]]):
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         resume = self._take_resume()
+        if resume == ENDED:
+            self._pos = ENDED
+            return
         epoch = resume["epoch"] if resume else self.epoch
         self.epoch = epoch + 1
         shards: Any = S3Lister(self.urls, config=self.config)
@@ -95,7 +99,7 @@ class S3IterableDataset(Epoched, IterableDataset[tuple[str, bytes]]):
             self._pos = {"epoch": epoch, "shards": self._pos}
             yield name, data
             self._pos = self._pos["shards"]
-        self._pos = None
+        self._pos = ENDED
 
 
 def _expand_any(url: str, f: Any) -> Iterator[tuple[str, bytes]]:

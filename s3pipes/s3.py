@@ -257,10 +257,12 @@ def _translate(e: Exception, url: str, cfg: S3Config, action: str) -> Exception:
             return ObjectChangedError(f"{url}: the object changed while it was being read; read it again")
         if code == "InvalidRange":
             return ValueError(f"{url}: the byte range is outside the object")
-        return ConnectionError(
-            f"{url}: S3 answered {code or status} to {action} after {_attempts(e)} attempts: "
-            f"{err.get('Message', e)}"
-        )
+        if (status or 0) >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"):
+            return ConnectionError(
+                f"{url}: S3 answered {code or status} to {action} after {_attempts(e)} attempts: "
+                f"{err.get('Message', e)}"
+            )
+        return OSError(f"{url}: S3 refused to {action}: {code or status}: {err.get('Message', e)}")
     if isinstance(e, _BODY_ERRORS):
         return ConnectionError(f"{url}: the connection broke while trying to {action} ({e})")
     return e

@@ -23,6 +23,7 @@ from typing import Callable
 _S3_ERRORS = {
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
+    400: ("InvalidRequest", "The request is not valid for this object."),
     403: ("AccessDenied", "Access Denied"),
     301: ("PermanentRedirect", "The bucket you are attempting to access must be addressed using the specified endpoint."),
 }

@@ -86,6 +86,7 @@ def test_resume_state_outside_an_epoch_starts_the_next(module_bucket: str, data:
     state = ds.state_dict()
     fresh = S3IterableDataset(f"s3://{module_bucket}/shards/", shuffle_urls=True)
     fresh.load_state_dict(state)
+    assert list(fresh) == [], "a state taken after the epoch's end resumes into nothing"
     second = [n for n, _ in fresh]
     assert state["epoch"] == 1 and sorted(first) == sorted(second) and first != second
 
@@ -103,3 +104,34 @@ def test_reader_resumes_with_requests_in_flight(bucket: str, boto, ordered: bool
     resumed.load_state_dict(state)
     after = [u for u, _ in resumed]
     assert sorted(before + after) == [f"s3://{bucket}/o/{i:02d}" for i in range(60)]
+
+
+@pytest.mark.parametrize("kind", ["pipes", "iterable"])
+def test_worker_that_ran_out_and_a_second_checkpoint_right_after_resume(bucket: str, boto, kind: str) -> None:  # noqa: ANN001
+    """Worker 0 gets 12 samples, worker 1 only 2: its state says its share ended, and it must stay
+    ended after a resume. Then a checkpoint taken before the resumed loader yields anything must still
+    hold the resumed position."""
+    for i, n in enumerate([6, 2, 6]):
+        boto.put_object(Bucket=bucket, Key=f"s/{i}.tar", Body=tar_bytes(samples(10 * i, n)))
+    want = collections.Counter(f"s{10 * i + j:05d}" for i, n in enumerate([6, 2, 6]) for j in range(n))
+
+    def make():  # noqa: ANN202
+        if kind == "pipes":
+            return IterableWrapper([f"s3://{bucket}/s/"]).list_s3().read_s3(stream=True).load_tar().group_samples()
+        return S3IterableDataset(f"s3://{bucket}/s/")
+
+    for stop in (6, 10):
+        loader = StatefulDataLoader(make(), batch_size=None, num_workers=2)
+        it = iter(loader)
+        before = [key(next(it)) for _ in range(stop)]
+        state = loader.state_dict()
+        del it, loader
+        resumed = StatefulDataLoader(make(), batch_size=None, num_workers=2)
+        resumed.load_state_dict(state)
+        it = iter(resumed)
+        state = resumed.state_dict()  # nothing yielded since the load
+        del it, resumed
+        again = StatefulDataLoader(make(), batch_size=None, num_workers=2)
+        again.load_state_dict(state)
+        got = collections.Counter(k.split(".")[0] for k in before + [key(x) for x in again])
+        assert got == (want if kind == "pipes" else want + want), f"stop {stop}"

@@ -344,6 +344,14 @@ def test_gives_up_after_attempts_naming_url_and_cause(endpoint: str, bucket: str
         assert f"s3://{bucket}/k" in str(e.value) and len(proxy.log) == 3
 
 
+def test_permanent_refusal_is_not_a_connection_error(endpoint: str, bucket: str) -> None:
+    with FaultProxy(endpoint, script=[Fault.error(400)] * 10) as proxy:
+        s3 = S3Client(S3Config(endpoint_url=proxy.url))
+        with pytest.raises(OSError, match=f"s3://{bucket}/k: S3 refused to read the object: InvalidRequest") as e:
+            s3.read(f"s3://{bucket}/k")
+        assert not isinstance(e.value, ConnectionError) and len(proxy.log) == 1, "not retried"
+
+
 def test_truncated_body_resumes_from_the_byte_reached(endpoint: str, bucket: str, put) -> None:  # noqa: ANN001
     data = random_blob(300_000, seed=1)
     put(f"s3://{bucket}/k", data)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from ..errors import CorruptArchiveError
-from ._state import Cursor
+from ._state import ENDED, Cursor
 
 log = logging.getLogger("s3pipes")
 
@@ -43,6 +43,8 @@ def expand_shards(holder: Any, shards: Iterable[tuple[str, Payload]], expand: Ex
     yielded from it) so a resumed epoch reopens only the shard it was in. With ``holder.skip_corrupt``,
     a corrupt shard is logged as a warning and counted in ``holder.skipped`` (members it yielded before
     the damage stay delivered) instead of ending the epoch."""
+    if resume == ENDED:
+        return holder._ended()
     src = Cursor(shards, resume and resume["shard"])
     done = resume["members"] if resume else 0
     holder._pos = {"shard": src.mark(), "members": done}
@@ -84,4 +86,4 @@ def _expand(holder: Any, src: Cursor, expand: Expand, done: int) -> Iterator[tup
             holder.skipped += 1
             log.warning("skipping a corrupt shard (%d so far in this process): %s", holder.skipped, e)
         done = 0
-    holder._pos = None
+    holder._pos = ENDED

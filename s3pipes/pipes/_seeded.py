@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._state import Epoched
+from ._state import ENDED, Epoched
 
 
 class Seeded(Epoched):
@@ -33,15 +33,18 @@ class Seeded(Epoched):
         self.enabled = shuffle
         return self
 
-    def _begin(self) -> dict[str, Any]:
-        """The record of the epoch starting now (``epoch``, ``seed``): the loaded one when resuming."""
+    def _begin(self) -> dict[str, Any] | None:
+        """The record of the epoch starting now (``epoch``, ``seed``): the loaded one when resuming;
+        ``None`` when the loaded state is a finished epoch. The loader's seed is kept: StatefulDataLoader
+        may begin an iteration it then replaces with a loaded state, and the order mixes in the epoch."""
         record = self._take_resume()
+        if record == ENDED:
+            return None
         if record is None:
             seed = self.seed if self.seed is not None else self._loader_seed
             if seed is None:
                 seed = int(torch.empty((), dtype=torch.int64).random_().item())
             record = {"epoch": self.epoch, "seed": seed}
-        self._loader_seed = None  # a loader's seed is for one epoch, as in torch's Shuffler
         self.epoch = record["epoch"] + 1
         return record
 

@@ -15,20 +15,26 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 
+# The position after an epoch's last item. Resuming it yields nothing: a DataLoader worker that ran out
+# before the others must not replay its share when the loader resumes. The next iteration starts anew.
+ENDED = "ended"
+
+
 def resumable(obj: object) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 class Resumable:
-    """``state_dict``/``load_state_dict`` over ``_pos``: the position in the current epoch, ``None``
-    outside one. Pipes replace ``_pos`` rather than change it, so a state handed out stays as it was.
-    A loaded position waits in ``_resume`` for the next ``__iter__``."""
+    """``state_dict``/``load_state_dict`` over ``_pos``: the position in the current epoch (``None``
+    before any, ``ENDED`` after one). Pipes replace ``_pos`` rather than change it, so a state handed
+    out stays as it was. A loaded position waits in ``_resume`` for the next ``__iter__``, and is what
+    a state taken meanwhile reports."""
 
     _pos: Any = None
     _resume: Any = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pos": self._pos}
+        return {"pos": self._resume if self._resume is not None else self._pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = state["pos"]
@@ -36,6 +42,11 @@ class Resumable:
     def _take_resume(self) -> Any:
         resume, self._resume = self._resume, None
         return resume
+
+    def _ended(self) -> Iterator[Any]:
+        """The iteration of a resumed, already finished epoch: nothing, and still finished."""
+        self._pos = ENDED
+        return iter(())
 
 
 class Epoched(Resumable):
@@ -107,7 +118,7 @@ def install_loader_state() -> None:
         target = _state_target(self._datapipe)
         if target is not None:
             return {"pipe": target.state_dict()}
-        return {"yielded": getattr(self, "_s3pipes_yielded", 0)}
+        return {"yielded": getattr(self, "_s3pipes_yielded", 0) + getattr(self, "_s3pipes_skip", 0)}
 
     def load_state_dict(self: Any, state: dict[str, Any]) -> None:
         if "pipe" in state:

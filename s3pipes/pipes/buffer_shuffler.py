@@ -9,7 +9,7 @@ from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._seeded import Seeded
-from ._state import Cursor
+from ._state import ENDED, Cursor
 
 T = TypeVar("T")
 
@@ -38,6 +38,8 @@ class BufferShuffler(Seeded, IterDataPipe[T]):
 
     def __iter__(self) -> Iterator[T]:
         record = self._begin()
+        if record is None:
+            return self._ended()
         src = Cursor(self.source_datapipe, record.get("source"))
         rng = self._rng(record)
         if "rng" in record:
@@ -67,14 +69,17 @@ class BufferShuffler(Seeded, IterDataPipe[T]):
             buffer.update(enumerate(order))
         while buffer:
             yield buffer.pop(len(buffer) - 1)
-        self._live = None
+        self._live, self._pos = None, ENDED
 
     def state_dict(self) -> dict[str, Any]:
-        if self._live is None:
-            return {"epoch": self.epoch, "pos": None}
+        if self._live is None or self._resume is not None:
+            return super().state_dict()
         record, src, rng, buffer = self._live
         pos = {**record, "source": src.mark(), "rng": rng.getstate(), "buffer": dict(buffer)}
         return {"epoch": self.epoch, "pos": pos}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_live": None}  # a live iteration holds generators, which do not pickle
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):

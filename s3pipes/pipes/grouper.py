@@ -7,7 +7,7 @@ from typing import Any, Iterator
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._state import Cursor, Resumable
+from ._state import ENDED, Cursor, Resumable
 
 
 @functional_datapipe("group_samples")
@@ -32,7 +32,10 @@ class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
         self.source_datapipe = source_datapipe
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        src = Cursor(self.source_datapipe, self._take_resume())
+        resume = self._take_resume()
+        if resume == ENDED:
+            return self._ended()
+        src = Cursor(self.source_datapipe, resume)
         self._pos = src.mark()
         return self._run(src)
 
@@ -55,4 +58,4 @@ class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
         if sample is not None:
             self._pos = src.mark()
             yield sample
-        self._pos = None
+        self._pos = ENDED

@@ -12,7 +12,7 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 from ..config import S3Config
 from ..s3 import S3Client
 from ..stores import client_for
-from ._state import Resumable
+from ._state import ENDED, Resumable
 
 
 @functional_datapipe("list_s3")
@@ -49,6 +49,8 @@ class S3Lister(Resumable, IterDataPipe[str]):
 
     def __iter__(self) -> Iterator[str]:
         resume = self._take_resume()
+        if resume == ENDED:
+            return self._ended()
         done = resume["yielded"] if resume else 0
         self._pos = {"yielded": done}
         return self._run(done)
@@ -69,4 +71,4 @@ class S3Lister(Resumable, IterDataPipe[str]):
                     yield obj.url
             if not found:
                 raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
-        self._pos = None
+        self._pos = ENDED

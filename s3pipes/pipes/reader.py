@@ -15,7 +15,7 @@ from .._concurrent import imap
 from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
-from ._state import Cursor, Resumable
+from ._state import ENDED, Cursor, Resumable
 
 log = logging.getLogger(__name__)
 from ..stores import client_for
@@ -112,6 +112,8 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
 
     def __iter__(self) -> Iterator[tuple[str, Payload]]:
         resume = self._take_resume()
+        if resume == ENDED:
+            return self._ended()
         src = Cursor(self.source_datapipe, resume and resume["source"])
         progress = _Progress(src.mark(), resume["done"] if resume else ())
         self._pos = progress.state()
@@ -127,7 +129,7 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
             for (url, index, _), data in imap(lambda item: self._read(item[0]), own, self.concurrency, self.ordered):
                 self._pos = progress.delivered(index)
                 yield url, data
-        self._pos = None
+        self._pos = ENDED
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):

@@ -9,6 +9,7 @@ from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._seeded import Seeded
+from ._state import ENDED
 
 T = TypeVar("T")
 
@@ -36,6 +37,8 @@ class ShardShuffler(Seeded, IterDataPipe[T]):
 
     def __iter__(self) -> Iterator[T]:
         record = self._begin()
+        if record is None:
+            return self._ended()
         self._pos = {**record, "yielded": record.get("yielded", 0)}
         return self._run(record)
 
@@ -48,7 +51,7 @@ class ShardShuffler(Seeded, IterDataPipe[T]):
             done += 1
             self._pos = {**record, "yielded": done}
             yield item
-        self._pos = None
+        self._pos = ENDED
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):
