@@ -10,7 +10,6 @@ from torch.utils.data.datapipes._decorator import functional_datapipe
 from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
 
-from .._concurrent import imap
 from ..config import S3Config
 from ..s3 import S3Client
 
@@ -22,9 +21,10 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
     """Reads each object URL into ``(url, bytes)``, or ``(url, file)`` with ``stream=True``
     (functional name: ``read_s3``).
 
-    Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``), since one request
-    at a time caps a worker at a few dozen objects a second; objects larger than two parts are fetched
-    as parallel ranged GETs. Output keeps input order unless ``ordered=False``.
+    Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``; see
+    :meth:`S3Client.read_many`), since one request at a time caps a worker at a few dozen objects a
+    second; objects larger than two parts are fetched as parallel ranged GETs. Output keeps input order
+    unless ``ordered=False``.
 
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
     DataLoader calls ``apply_sharding``), by position, before any GET: no ``sharding_filter`` is
@@ -71,7 +71,7 @@ class S3Reader(IterDataPipe[tuple[str, Payload]]):
             for url in self._mine():
                 yield url, self.client.open(url)
         else:
-            yield from imap(self.client.read, self._mine(), self.concurrency, self.ordered)
+            yield from self.client.read_many(self._mine(), self.concurrency, self.ordered)
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
