@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test check
+.PHONY: install test check bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -19,3 +19,9 @@ check: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The benchmark against the peers (benchmarks/run.py; BENCH_ARGS=--quick for small sizes). Installs the
+# bench extra (with torch already in place, so pip keeps it) and nginx-light via apt-get when root.
+bench: install
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -10,6 +10,7 @@ the resume of a broken body (a Range pinned with If-Match) and the messages are 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
 import re
@@ -126,6 +127,17 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+@atexit.register
+def _shutdown() -> None:
+    # Stop this process's loop before the interpreter finalizes: a tokio thread calling into a
+    # finalizing interpreter aborts the process.
+    loop = _loops.pop(os.getpid(), None)
+    if loop is not None:
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: (loop.stop(), done.set()))
+        done.wait(5)
+
+
 def _loop() -> asyncio.AbstractEventLoop:
     loop = _loops.get(os.getpid())
     if loop is None:
@@ -165,41 +177,42 @@ async def send(st: S3Store, key: str, start: int, end: int | None, etag: str | N
     raise AssertionError("unreachable")
 
 
-async def _body(st: S3Store, key: str, res: Any, end: int | None, attempts: int, breaks: Any) -> bytes:
-    """The body of ``res`` up to ``end`` (its own end if None). A break re-requests from the byte
-    reached, pinned to the ETag, until ``breaks`` gives up."""
+async def _body(st: S3Store, key: str, res: Any, end: int | None, attempts: int, breaks: Any,
+                whole: bool = False) -> list[Any]:
+    """The body of ``res`` up to ``end`` (its own end if None), as buffers to join once. ``whole`` (or a
+    body of at most ``_WHOLE``) collects it in one call, without copies; otherwise, and after any break,
+    it streams, so a break re-requests from the byte reached, pinned to the ETag, until ``breaks`` gives up."""
     start, stop = res.range
     end = stop if end is None else min(end, stop)
-    etag = res.meta["e_tag"]
-    chunks: list[bytes] = []
+    etag = None  # looked up only for a re-request: res.meta builds a dict each time
+    chunks: list[Any] = []
     pos = start
-    whole = end - start <= _WHOLE and stop == end  # collect in one call; after a break, stream
+    whole = (whole or end - start <= _WHOLE) and stop == end
     while True:
         try:
             if whole:
-                chunks.append(bytes(await res.bytes_async()))
-                return b"".join(chunks)
+                chunks.append(await res.bytes_async())
+                return chunks
             async for chunk in res.stream(min_chunk_size=1):
                 take = min(len(chunk), end - pos)
                 chunks.append(chunk[:take] if take < len(chunk) else chunk)
                 pos += take
                 if pos >= end:
-                    break
-            if pos >= end:
-                return b"".join(chunks)
+                    return chunks
             cause: Exception = EOFError(f"body ended at byte {pos} of {end}")
         except (BaseError, OSError) as e:
             cause = e
         breaks.broke(pos, cause)
         whole = False
+        etag = etag or res.meta["e_tag"]
         res = await send(st, key, pos, end, etag, attempts)
 
 
 async def get(st: S3Store, key: str, start: int, end: int | None, etag: str | None, attempts: int,
-              breaks: Any) -> bytes:
-    """Bytes ``[start, end)`` (``end=None``: to the object's end)."""
+              breaks: Any, whole: bool = False) -> list[Any]:
+    """Bytes ``[start, end)`` (``end=None``: to the object's end), as buffers to join."""
     res = await send(st, key, start, end, etag, attempts)
-    return await _body(st, key, res, None, attempts, breaks)
+    return await _body(st, key, res, None, attempts, breaks, whole)
 
 
 async def read(st: S3Store, key: str, cfg: S3Config, breaks: Callable[[], Any],
@@ -208,20 +221,21 @@ async def read(st: S3Store, key: str, cfg: S3Config, breaks: Callable[[], Any],
     first part of that GET and the rest as ranged GETs in parallel, all pinned to the first ETag."""
     part = cfg.part_size
     res = await send(st, key, 0, None, None, cfg.max_attempts)
-    size, etag = res.meta["size"], res.meta["e_tag"]
+    meta = res.meta
+    size, etag = meta["size"], meta["e_tag"]
     held = await budget.take(ticket, size) if budget else 0
     try:
         if size <= 2 * part:
-            return await _body(st, key, res, None, cfg.max_attempts, breaks()), held
+            return b"".join(await _body(st, key, res, None, cfg.max_attempts, breaks())), held
         first = _body(st, key, res, part, cfg.max_attempts, breaks())
         gate = asyncio.Semaphore(cfg.max_concurrency)
 
-        async def rest(s: int) -> bytes:
-            async with gate:
-                return await get(st, key, s, min(s + part, size), etag, cfg.max_attempts, breaks())
+        async def rest(s: int) -> list[Any]:
+            async with gate:  # a part re-reads itself on a break: a few MiB at most
+                return await get(st, key, s, min(s + part, size), etag, cfg.max_attempts, breaks(), whole=True)
 
         parts = await asyncio.gather(first, *(rest(s) for s in range(part, size, part)))
-        return b"".join(parts), held
+        return b"".join([c for p in parts for c in p]), held
     except BaseException:
         if budget:
             budget.give(held)
@@ -288,8 +302,7 @@ def _next(pending: deque[tuple[int, str, Future[tuple[bytes, int]]]], ordered: b
                 pending.rotate(-i)
                 break
     _, url, fut = pending.popleft()
-    wait([fut])
-    held = 0 if fut.cancelled() or fut.exception() else fut.result()[1]
+    held = 0 if fut.exception() else fut.result()[1]  # exception() waits for it
     loop.call_soon_threadsafe(budget.give, held, pending[0][0] if pending else None)
     return url, fut
 

@@ -11,6 +11,7 @@ obstore cannot name (empty, "." or ".." path segments). Both engines raise the s
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import logging
@@ -159,6 +160,7 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_clients.clear)  # drop obstore stores while the interpreter can still run their finalizers
 
 
 def _boto_client(cfg: S3Config) -> Any:
@@ -518,7 +520,7 @@ class S3Client:
         if store is not None:
             with self._reading(u):
                 breaks = _Breaks(u, self.config.max_attempts)
-                return _native.run(_native.get(store, u.key, start, end, etag, self.config.max_attempts, breaks))
+                return b"".join(_native.run(_native.get(store, u.key, start, end, etag, self.config.max_attempts, breaks)))
         resp = self._get(u, start, end, etag)
         return self._read_body(u, resp, start, start + int(resp["ContentLength"]))
 
