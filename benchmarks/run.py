@@ -359,13 +359,14 @@ def main() -> None:
     p = PROFILES["quick" if args.quick else "full"]
     keys = make_data(args.data / ("quick" if args.quick else "full"), p)
     urls = {k: [f"s3://{BUCKET}/{key}" for key in v] for k, v in keys.items()}
+    urls["large"] *= 4  # four passes over the four objects, so start-up costs do not decide the MB/s
     peers = ["boto3 sequential", "boto3 64 threads", "s3fs cat", "obstore gather", "s3torchconnector"]
     workloads = [
         ("small, 0 ms", "small", False, ["s3pipes", *peers]),
         (f"small, +{args.rtt_ms:g} ms", "small", True, ["s3pipes", *peers]),
-        ("large", "large", False, ["s3pipes", *peers]),
+        (f"{p['large_n']} x {p['large'] // MiB} MiB, 4 passes", "large", False, ["s3pipes", *peers]),
         ("tar shards", "shards", False, ["s3pipes tar", "s3pipes S3IterableDataset", "s3pipes"]),
-        ("1 GiB tar streamed", "bigtar", False, ["s3pipes tar"]),
+        (f"{p['big_tar'] // MiB} MiB tar streamed", "bigtar", False, ["s3pipes tar"]),
     ]
     if args.only:
         wanted = set(args.only.split(","))
@@ -418,8 +419,9 @@ def targets(results: list[dict[str, Any]], rtt: float) -> list[tuple[str, float 
         return ra[key] / rb[key] if ra and rb and rb[key] else None
 
     ours = _get(results, "small, 0 ms", "s3pipes")
+    large = next((r["workload"] for r in results if r["data"] == "large"), "")
     tar, raw = _get(results, "tar shards", "s3pipes tar"), _get(results, "tar shards", "s3pipes")
-    big = _get(results, "1 GiB tar streamed", "s3pipes tar")
+    big = next((r for r in results if r["data"] == "bigtar" and "error" not in r), None)
     return [
         (f"{slow}: s3pipes / s3torchconnector", ratio(slow, "s3pipes", "s3torchconnector", "items_per_s"), ">=", 25),
         (f"{slow}: s3pipes / boto3 64 threads", ratio(slow, "s3pipes", "boto3 64 threads", "items_per_s"), ">=", 2),
@@ -427,11 +429,11 @@ def targets(results: list[dict[str, Any]], rtt: float) -> list[tuple[str, float 
         ("small, 0 ms: s3pipes / s3torchconnector", ratio("small, 0 ms", "s3pipes", "s3torchconnector", "items_per_s"),
          ">=", 2.5),
         ("small, 0 ms: s3pipes client CPU ms/object", ours["cpu_ms_per_item"] if ours else None, "<=", 0.35),
-        ("large: s3pipes / s3torchconnector (MB/s)", ratio("large", "s3pipes", "s3torchconnector", "mb_per_s"), ">=", 3),
-        ("large: s3pipes / boto3 sequential (MB/s)", ratio("large", "s3pipes", "boto3 sequential", "mb_per_s"), ">=", 1),
+        ("large: s3pipes / s3torchconnector (MB/s)", ratio(large, "s3pipes", "s3torchconnector", "mb_per_s"), ">=", 3),
+        ("large: s3pipes / boto3 sequential (MB/s)", ratio(large, "s3pipes", "boto3 sequential", "mb_per_s"), ">=", 1),
         ("tar shards: samples MB/s / raw GET MB/s", tar["mb_per_s"] / raw["mb_per_s"] if tar and raw else None,
          ">=", 0.8),
-        ("1 GiB tar streamed: added peak RSS (MiB)", big["added_rss_mib"] if big else None, "<", 128),
+        ("tar streamed: added peak RSS (MiB)", big["added_rss_mib"] if big else None, "<", 128),
     ]
 
 
@@ -472,7 +474,8 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.5), squeeze=False)
     for ax, w in zip(axes[0], workloads):
         rows = [r for r in results if r["workload"] == w and "error" not in r]
-        key, unit = ("mb_per_s", "MB/s") if w in ("large", "1 GiB tar streamed") else ("items_per_s", "objects/s")
+        big = rows and rows[0]["data"] in ("large", "bigtar")
+        key, unit = ("mb_per_s", "MB/s") if big else ("items_per_s", "objects/s")
         ax.bar([r["client"] for r in rows], [r[key] for r in rows],
                color=["tab:blue" if r["client"].startswith("s3pipes") else "tab:gray" for r in rows])
         ax.set_title(w)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
+import itertools
 import os
+import queue
 import random
 import re
 import threading
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Coroutine, Iterable, Iterator
 
@@ -221,12 +223,12 @@ async def read(st: S3Store, key: str, cfg: S3Config, breaks: Callable[[], Any],
     first part of that GET and the rest as ranged GETs in parallel, all pinned to the first ETag."""
     part = cfg.part_size
     res = await send(st, key, 0, None, None, cfg.max_attempts)
-    meta = res.meta
-    size, etag = meta["size"], meta["e_tag"]
+    size = res.range[1]  # not res.meta, which builds a dict with a parsed date each time
     held = await budget.take(ticket, size) if budget else 0
     try:
         if size <= 2 * part:
             return b"".join(await _body(st, key, res, None, cfg.max_attempts, breaks())), held
+        etag = res.meta["e_tag"]
         first = _body(st, key, res, part, cfg.max_attempts, breaks())
         gate = asyncio.Semaphore(cfg.max_concurrency)
 
@@ -275,36 +277,70 @@ class _Budget:
 
 
 def read_many(jobs: Iterable[tuple[str, Callable[[_Budget, int], Coroutine[Any, Any, tuple[bytes, int]]]]],
-              window: int, ordered: bool, max_bytes: int) -> Iterator[tuple[str, Future[tuple[bytes, int]]]]:
-    """Yield ``(url, done future)`` for each ``(url, job)``, with up to ``window`` jobs on the loop at
-    once and the bodies held bounded by ``max_bytes``; jobs are pulled only as slots free up."""
+              window: int, ordered: bool, max_bytes: int) -> Iterator[tuple[str, BaseException | None, bytes]]:
+    """Yield ``(url, error, data)`` for each ``(url, job)``, with up to ``window`` jobs running on the
+    loop and the bodies held under ``max_bytes``; jobs are pulled only as slots free up.
+
+    The loop hears of new jobs and of consumed bytes in batches (a quarter of the window at a time) and
+    hands results back through a queue, so an object costs this thread no cross-thread call of its own."""
     loop = _loop()
     budget = _Budget(max_bytes)
-    pending: deque[tuple[int, str, Future[tuple[bytes, int]]]] = deque()
+    results: queue.SimpleQueue[tuple[int, BaseException | None, Any]] = queue.SimpleQueue()
+    tasks: dict[int, asyncio.Task[Any]] = {}  # touched on the loop thread only
+
+    def finish(ticket: int, task: asyncio.Task[Any]) -> None:
+        del tasks[ticket]
+        if not task.cancelled():
+            err = task.exception()
+            results.put((ticket, err, None if err else task.result()))
+
+    def start(batch: list[tuple[int, Any]], give: int, head: int) -> None:
+        budget.give(give, head)
+        for ticket, job in batch:
+            task = loop.create_task(job(budget, ticket))
+            tasks[ticket] = task
+            task.add_done_callback(functools.partial(finish, ticket))
+
+    def cancel() -> None:
+        for task in list(tasks.values()):
+            task.cancel()
+
+    source: Iterator[Any] | None = iter(jobs)
+    urls: dict[int, str] = {}  # tickets issued and not yet yielded
+    arrived: dict[int, tuple[BaseException | None, Any]] = {}
+    batch: list[tuple[int, Any]] = []
+    issued = given = turn = 0  # turn: the next ticket to yield when ordered
     try:
-        for ticket, (url, job) in enumerate(jobs):
-            pending.append((ticket, url, asyncio.run_coroutine_threadsafe(job(budget, ticket), loop)))
-            if len(pending) >= window:
-                yield _next(pending, ordered, loop, budget)
-        while pending:
-            yield _next(pending, ordered, loop, budget)
+        while True:
+            if source is not None and window - len(urls) >= (max(1, window // 4) if urls else 1):
+                for url, job in itertools.islice(source, window - len(urls)):
+                    urls[issued] = url
+                    batch.append((issued, job))
+                    issued += 1
+                if not batch:
+                    source = None
+            if not urls:
+                return
+            ready = (turn in arrived) if ordered else bool(arrived)
+            if batch or (given and not ready and results.empty()):
+                loop.call_soon_threadsafe(start, batch, given, min(urls))
+                batch, given = [], 0
+            while not ready:
+                ticket, err, value = results.get()
+                arrived[ticket] = (err, value)
+                ready = (turn in arrived) if ordered else True
+            ticket = turn if ordered else next(iter(arrived))
+            err, value = arrived.pop(ticket)
+            turn += ordered
+            if err is not None:
+                yield urls.pop(ticket), err, b""
+            else:
+                given += value[1]
+                yield urls.pop(ticket), None, value[0]
     finally:
-        for _, _, f in pending:
-            f.cancel()
-
-
-def _next(pending: deque[tuple[int, str, Future[tuple[bytes, int]]]], ordered: bool,
-          loop: asyncio.AbstractEventLoop, budget: _Budget) -> tuple[str, Future[tuple[bytes, int]]]:
-    if not ordered:
-        wait([f for _, _, f in pending], return_when=FIRST_COMPLETED)
-        for i, (_, _, f) in enumerate(pending):
-            if f.done():
-                pending.rotate(-i)
-                break
-    _, url, fut = pending.popleft()
-    held = 0 if fut.exception() else fut.result()[1]  # exception() waits for it
-    loop.call_soon_threadsafe(budget.give, held, pending[0][0] if pending else None)
-    return url, fut
+        loop.call_soon_threadsafe(cancel)
+        if given:
+            loop.call_soon_threadsafe(budget.give, given)
 
 
 def in_thread(fn: Callable[[str], bytes], url: str) -> Callable[[_Budget, int], Coroutine[Any, Any, tuple[bytes, int]]]:

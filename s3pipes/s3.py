@@ -545,15 +545,19 @@ class S3Client:
             yield from imap(self.read, urls, window, ordered)
             return
         limit = max_bytes or 16 * self.config.part_size
-        for url, fut in _native.read_many(self._jobs(urls), window, ordered, limit):
-            with self._reading(S3Url.parse(url)):
-                data = fut.result()[0]
+        for url, err, data in _native.read_many(self._jobs(urls), window, ordered, limit):
+            if err is not None:
+                with self._reading(S3Url.parse(url)):
+                    raise err
             yield url, data
 
     def _jobs(self, urls: Iterable[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
+        stores: dict[str, Any] = {}  # per bucket, for this call: hashing the config per object costs
         for url in urls:
             u = S3Url.parse(url)
-            store = self._store_for(u)
+            store = stores.get(u.bucket) if _native.representable(u.key) else None
+            if store is None:
+                store = stores[u.bucket] = self._store_for(u)
             if store is None:
                 yield url, _native.in_thread(self.read, url)
             else:

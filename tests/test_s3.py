@@ -445,3 +445,55 @@ def test_client_is_shared_safely_across_threads(bucket: str, put) -> None:  # no
     with ThreadPoolExecutor(8) as pool:
         got = sorted(b for part in pool.map(work, range(8)) for b in part)
     assert got == sorted(str(i).encode() for i in range(32))
+
+
+# ------------------------------------------------------------------------------------------ read_many
+
+
+def test_read_many_is_lazy_ordered_and_names_a_missing_object(bucket: str, put) -> None:  # noqa: ANN001
+    urls = [put(f"s3://{bucket}/{i:03d}", blob(1000 + i, seed=i)) for i in range(40)]
+    pulled: list[str] = []
+
+    def source():  # noqa: ANN202
+        for u in urls:
+            pulled.append(u)
+            yield u
+
+    s3 = S3Client()
+    it = s3.read_many(source(), concurrency=8)
+    assert next(it) == (urls[0], blob(1000, seed=0))
+    assert len(pulled) <= 8, "URLs are pulled only as slots free up"
+    assert list(it) == [(u, blob(1000 + i, seed=i)) for i, u in enumerate(urls)][1:]
+    got = dict(s3.read_many(urls, concurrency=5, ordered=False))
+    assert got == {u: blob(1000 + i, seed=i) for i, u in enumerate(urls)}
+    missing = f"s3://{bucket}/nope"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: no such object"):
+        list(s3.read_many([*urls[:5], missing, *urls[5:]], concurrency=4))
+
+
+def test_read_many_large_objects_in_parts_under_a_small_budget(big: tuple[str, bytes]) -> None:
+    url, data = big
+    s3 = S3Client(S3Config(part_size=MiB))
+    assert list(s3.read_many([url] * 3, concurrency=3, max_bytes=2 * MiB)) == [(url, data)] * 3
+
+
+def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
+    import asyncio
+
+    from s3pipes._native import _Budget
+
+    async def main() -> None:
+        b = _Budget(10)
+        assert await b.take(0, 8) == 8
+        fits_later = asyncio.ensure_future(b.take(1, 5))
+        too_big = asyncio.ensure_future(b.take(2, 20))
+        await asyncio.sleep(0)
+        assert not fits_later.done() and not too_big.done(), "over the budget: wait"
+        b.give(8, head=1)
+        await asyncio.sleep(0)
+        assert fits_later.result() == 5 and not too_big.done()
+        b.give(5, head=2)
+        await asyncio.sleep(0)
+        assert too_big.result() == 20, "the oldest object passes even when larger than the budget"
+
+    asyncio.run(main())
