@@ -310,6 +310,7 @@ def read_many(jobs: Iterable[tuple[str, Callable[[_Budget, int], Coroutine[Any, 
     arrived: dict[int, tuple[BaseException | None, Any]] = {}
     batch: list[tuple[int, Any]] = []
     issued = given = turn = 0  # turn: the next ticket to yield when ordered
+    head = 0  # the oldest ticket not yet yielded, as last told to the budget
     try:
         while True:
             if source is not None and window - len(urls) >= (max(1, window // 4) if urls else 1):
@@ -322,8 +323,11 @@ def read_many(jobs: Iterable[tuple[str, Callable[[_Budget, int], Coroutine[Any, 
             if not urls:
                 return
             ready = (turn in arrived) if ordered else bool(arrived)
-            if batch or (given and not ready and results.empty()):
-                loop.call_soon_threadsafe(start, batch, given, min(urls))
+            # Before waiting, the budget must know what was consumed and which object is oldest, or
+            # the object waited for may itself be waiting for room.
+            if batch or (not ready and (given or head != min(urls))):
+                head = min(urls)
+                loop.call_soon_threadsafe(start, batch, given, head)
                 batch, given = [], 0
             while not ready:
                 ticket, err, value = results.get()
