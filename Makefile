@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test check demo
+.PHONY: install test check demo bench
 install: $(VENV)/.installed
 
 $(VENV)/.torch:
@@ -30,3 +30,9 @@ test: install
 
 demo: $(VENV)/.demo
 	$(BIN)/s3pipes demo
+
+# The benchmark against the peers (benchmarks/run.py; BENCH_ARGS=--quick for small sizes). Installs the
+# bench extra (with torch already in place, so pip keeps it) and nginx-light via apt-get when root.
+bench: install
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

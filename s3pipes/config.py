@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 MiB = 1 << 20
+ENGINES = ("auto", "obstore", "boto3")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class S3Config:
     Credentials come only from boto3's standard chain (environment, profile, SSO, instance role);
     ``anonymous=True`` sends unsigned requests for public buckets.
 
+    ``engine`` picks what sends GETs: ``"obstore"`` (Rust, many requests in flight on one event loop
+    thread), ``"boto3"`` (pure Python), or ``"auto"``: ``S3PIPES_ENGINE`` if set, else obstore when it
+    is installed. Listing, HEAD and writes always go through boto3.
+
     >>> cfg = S3Config(endpoint_url="http://127.0.0.1:9000", max_concurrency=32)
     >>> cfg.replace(anonymous=True).anonymous
     True
@@ -41,6 +46,7 @@ class S3Config:
     read_timeout: float = 60.0
     max_concurrency: int = 64
     part_size: int = 8 * MiB
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -49,6 +55,8 @@ class S3Config:
             raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
         if self.part_size < 64 * 1024:
             raise ValueError(f"part_size must be at least 64 KiB, got {self.part_size}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {self.engine!r}")
 
     def replace(self, **changes: object) -> S3Config:
         """A copy with some fields changed."""

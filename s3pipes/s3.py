@@ -1,12 +1,18 @@
 """The one place that talks to S3: URL parsing, clients, retries, errors, reads and writes.
 
 Everything else in s3pipes calls :class:`S3Client`. A client holds only its :class:`S3Config`, so it
-pickles to DataLoader workers; the boto3 client behind it is built lazily, once per process (keyed by
-pid), because a boto3 client shared across ``fork`` is not safe.
+pickles to DataLoader workers; the boto3 client and the obstore stores behind it are built lazily, once
+per process (keyed by pid), because neither is safe to share across ``fork``.
+
+GETs go through one of two engines (``S3Config.engine``): obstore (:mod:`s3pipes._native`, Rust, the
+default when installed) or boto3. Listing, HEAD and writes always use boto3; so do GETs of keys that
+obstore cannot name (empty, "." or ".." path segments). Both engines raise the same exceptions.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import logging
 import os
@@ -15,7 +21,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, NamedTuple
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 import boto3
 import botocore.config
@@ -25,8 +31,14 @@ import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 
+from ._concurrent import imap
 from .config import S3Config
 from .errors import BucketNotFoundError, ObjectChangedError
+
+try:
+    from . import _native
+except ImportError:  # obstore is not installed: boto3 does everything
+    _native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +126,30 @@ def _resolve(cfg: S3Config) -> _Resolved:
     return _Resolved(region or DEFAULT_REGION, endpoint, path_style, verify)
 
 
+def _engine(cfg: S3Config) -> str:
+    """``"obstore"`` or ``"boto3"``: the config's choice, else ``S3PIPES_ENGINE``, else obstore if installed."""
+    name = cfg.engine if cfg.engine != "auto" else os.environ.get("S3PIPES_ENGINE", "auto")
+    if name == "auto":
+        name = "obstore" if _native is not None else "boto3"
+    if name not in ("obstore", "boto3"):
+        raise ValueError(f"S3PIPES_ENGINE must be 'obstore', 'boto3' or 'auto', got {name!r}")
+    if name == "obstore" and _native is None:
+        raise ValueError("engine 'obstore' is not installed; pip install obstore, or use S3Config(engine='boto3')")
+    if name == "obstore" and _native.forked_after_use:
+        if not _warned_fork:
+            _warned_fork.append(True)
+            log.warning("pid %d was forked after obstore ran in its parent, where tokio cannot follow: reading "
+                        "with boto3 here (start DataLoader workers before the first read, or use "
+                        "multiprocessing_context='spawn' or 'forkserver', to keep obstore)", os.getpid())
+        return "boto3"
+    return name
+
+
+_warned_fork: list[bool] = []
+
+
 _lock = threading.Lock()
-_clients: dict[tuple[int, S3Config], Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}  # (pid, config) -> boto3 client; (pid, config, bucket) -> store
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
@@ -128,6 +162,7 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_clients.clear)  # drop obstore stores while the interpreter can still run their finalizers
 
 
 def reset_clients() -> None:
@@ -145,10 +180,6 @@ def _boto_client(cfg: S3Config) -> Any:
             client = _clients.get(key)
             if client is None:
                 r = _resolve(cfg)
-                try:
-                    session = boto3.session.Session(profile_name=cfg.profile)
-                except botocore.exceptions.ProfileNotFound as e:
-                    raise ValueError(f"AWS profile {cfg.profile!r} is not configured: {e}") from None
                 bc = botocore.config.Config(
                     region_name=r.region,
                     signature_version=UNSIGNED if cfg.anonymous else None,
@@ -159,7 +190,7 @@ def _boto_client(cfg: S3Config) -> Any:
                     max_pool_connections=cfg.max_concurrency + 4,
                     tcp_keepalive=True,
                 )
-                client = session.client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
+                client = _session(cfg).client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
                 _install_retries(client, cfg.max_attempts)
                 _clients[key] = client
                 log.debug("built S3 client in pid %d: region=%s endpoint=%s", os.getpid(), r.region, r.endpoint_url)
@@ -198,6 +229,44 @@ def _install_retries(client: Any, max_attempts: int) -> None:
     client.meta.events.register("needs-retry.s3", handler.needs_retry, unique_id="retry-config-s3")
 
 
+def _session(cfg: S3Config) -> boto3.session.Session:
+    try:
+        return boto3.session.Session(profile_name=cfg.profile)
+    except botocore.exceptions.ProfileNotFound as e:
+        raise ValueError(f"AWS profile {cfg.profile!r} is not configured: {e}") from None
+
+
+def _credentials(session: boto3.session.Session) -> Callable[[], tuple[str, str, str | None]]:
+    """Boto3's credential chain as a callable for obstore: boto3 stays the one source of credentials,
+    and refreshes role and SSO credentials itself."""
+    lock = threading.Lock()
+
+    def frozen() -> tuple[str, str, str | None]:
+        with lock:
+            creds = session.get_credentials()
+            if creds is None:
+                raise botocore.exceptions.NoCredentialsError()
+            f = creds.get_frozen_credentials()
+        return f.access_key, f.secret_key, f.token
+
+    return frozen
+
+
+def _store(cfg: S3Config, bucket: str) -> Any:
+    key = (os.getpid(), cfg, bucket)
+    store = _clients.get(key)
+    if store is None:
+        with _lock:
+            store = _clients.get(key)
+            if store is None:
+                r = _resolve(cfg)
+                creds = None if cfg.anonymous else _credentials(_session(cfg))
+                store = _native.store(bucket, cfg, r.region, r.endpoint_url, r.path_style, r.verify, creds)
+                _clients[key] = store
+                log.debug("built obstore store for %s in pid %d", bucket, os.getpid())
+    return store
+
+
 def _pool(size: int) -> ThreadPoolExecutor:
     key = (os.getpid(), size)
     pool = _pools.get(key)
@@ -216,56 +285,66 @@ def _attempts(e: BaseException) -> int:
 
 
 def _translate(e: Exception, url: str, cfg: S3Config, action: str) -> Exception:
-    """Map a botocore error to the built-in exception users catch, naming the URL and the fix."""
-    if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+    """Map a botocore or obstore error to the built-in exception users catch, naming the URL and the fix."""
+    native = _native is not None and isinstance(e, _native.Failure)
+    attempts, detail = (e.attempts, e.detail) if native else (cfg.max_attempts, e)  # type: ignore[attr-defined]
+    kind = e.kind if native else ""  # type: ignore[attr-defined]
+    if kind == "credentials" or isinstance(
+        e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
+    ):
         return PermissionError(f"{url}: no AWS credentials found to {action}; {_CREDENTIALS_HELP}")
-    if isinstance(e, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+    if kind == "timeout" or isinstance(e, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
         return TimeoutError(
-            f"{url}: timed out trying to {action} after {cfg.max_attempts} attempts ({e}); check the "
+            f"{url}: timed out trying to {action} after {attempts} attempts ({detail}); check the "
             f"endpoint and network, or raise S3Config(read_timeout=..., max_attempts=...)"
         )
-    if isinstance(e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
+    if kind == "connect" or isinstance(
+        e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)
+    ):
         return ConnectionError(
-            f"{url}: cannot connect to the S3 endpoint to {action} after {cfg.max_attempts} attempts ({e}); "
+            f"{url}: cannot connect to the S3 endpoint to {action} after {attempts} attempts ({detail}); "
             f"check S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network"
         )
+    if native:
+        return _status_error(url, action, e.code, e.status, e.message, None, e.attempts)  # type: ignore[attr-defined]
     if isinstance(e, botocore.exceptions.ClientError):
         err = e.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        bucket = S3Url.parse(url).bucket if url.startswith("s3://") else url
-        if code == "NoSuchBucket":
-            return BucketNotFoundError(
-                f"{url}: bucket {bucket!r} does not exist; check the bucket name, the region and the endpoint"
-            )
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return FileNotFoundError(f"{url}: no such object; check the key (s3pipes.list_objects lists a prefix)")
-        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301", "IllegalLocationConstraintException"):
-            region = err.get("Region") or e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
-                "x-amz-bucket-region"
-            )
-            where = f"; the bucket is in {region}, set AWS_REGION={region}" if region else ""
-            return ValueError(f"{url}: wrong region or endpoint for bucket {bucket!r}{where}")
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-            return PermissionError(f"{url}: the AWS credentials were rejected ({code}); {_CREDENTIALS_HELP}")
-        if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
-            return PermissionError(
-                f"{url}: access denied to {action} ({code}); check that the credentials in use may read this "
-                f"bucket, or set S3Config(requester_pays=True) for a requester-pays bucket"
-            )
-        if code in ("PreconditionFailed", "412"):
-            return ObjectChangedError(f"{url}: the object changed while it was being read; read it again")
-        if code == "InvalidRange":
-            return ValueError(f"{url}: the byte range is outside the object")
-        if (status or 0) >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"):
-            return ConnectionError(
-                f"{url}: S3 answered {code or status} to {action} after {_attempts(e)} attempts: "
-                f"{err.get('Message', e)}"
-            )
-        return OSError(f"{url}: S3 refused to {action}: {code or status}: {err.get('Message', e)}")
+        meta = e.response.get("ResponseMetadata", {})
+        region = err.get("Region") or meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        return _status_error(url, action, str(err.get("Code", "")), meta.get("HTTPStatusCode"),
+                             err.get("Message", e), region, _attempts(e))
     if isinstance(e, _BODY_ERRORS):
         return ConnectionError(f"{url}: the connection broke while trying to {action} ({e})")
     return e
+
+
+def _status_error(url: str, action: str, code: str, status: int | None, message: object, region: str | None,
+                  attempts: int) -> Exception:
+    """The exception for S3's error ``code`` (an HTTP ``status`` where the body had none)."""
+    bucket = S3Url.parse(url).bucket if url.startswith("s3://") else url
+    if code == "NoSuchBucket":
+        return BucketNotFoundError(
+            f"{url}: bucket {bucket!r} does not exist; check the bucket name, the region and the endpoint"
+        )
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return FileNotFoundError(f"{url}: no such object; check the key (s3pipes.list_objects lists a prefix)")
+    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301", "IllegalLocationConstraintException"):
+        where = f"; the bucket is in {region}, set AWS_REGION={region}" if region else ""
+        return ValueError(f"{url}: wrong region or endpoint for bucket {bucket!r}{where}")
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return PermissionError(f"{url}: the AWS credentials were rejected ({code}); {_CREDENTIALS_HELP}")
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+        return PermissionError(
+            f"{url}: access denied to {action} ({code}); check that the credentials in use may read this "
+            f"bucket, or set S3Config(requester_pays=True) for a requester-pays bucket"
+        )
+    if code in ("PreconditionFailed", "412"):
+        return ObjectChangedError(f"{url}: the object changed while it was being read; read it again")
+    if code == "InvalidRange":
+        return ValueError(f"{url}: the byte range is outside the object")
+    if (status or 0) >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"):
+        return ConnectionError(f"{url}: S3 answered {code or status} to {action} after {attempts} attempts: {message}")
+    return OSError(f"{url}: S3 refused to {action}: {code or status}: {message}")
 
 
 class _Breaks:
@@ -328,7 +407,24 @@ class S3Client:
             err = _translate(e, url, self.config, action)
             if err is e:
                 raise
+            if _native is not None and isinstance(e, _native.Failure) and e.status == 301:
+                self.check_bucket(url)  # obstore does not report the bucket's region; boto3 reads it
             raise err from e
+
+    @contextmanager
+    def _reading(self, u: S3Url) -> Iterator[None]:
+        try:
+            with self._errors(str(u), "read the object"):
+                yield
+        except FileNotFoundError as e:
+            self._raise_if_no_bucket(u, e)
+            raise
+
+    def _store_for(self, u: S3Url) -> Any:
+        """The obstore store for ``u``'s bucket, or None where boto3 reads ``u``."""
+        if _engine(self.config) == "obstore" and _native.representable(u.key):
+            return _store(self.config, u.bucket)
+        return None
 
     def _raise_if_no_bucket(self, u: S3Url, e: FileNotFoundError) -> None:
         """A 404 on a HEAD does not say whether the bucket or the key is missing: ask the bucket."""
@@ -428,12 +524,8 @@ class S3Client:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if etag:
             kwargs["IfMatch"] = etag
-        try:
-            with self._errors(str(u), "read the object"):
-                return self._s3.get_object(**kwargs, **self._extra())
-        except FileNotFoundError as e:
-            self._raise_if_no_bucket(u, e)
-            raise
+        with self._reading(u):
+            return self._s3.get_object(**kwargs, **self._extra())
 
     def _read_body(self, u: S3Url, resp: dict[str, Any], start: int, end: int) -> bytes:
         """The bytes ``[start, end)`` from ``resp``'s body, re-requesting from the byte reached when the
@@ -463,6 +555,11 @@ class S3Client:
     def read(self, url: str) -> bytes:
         """The whole object. Objects over two parts are fetched as parallel ranged GETs."""
         u = S3Url.parse(url)
+        store = self._store_for(u)
+        if store is not None:
+            breaks = functools.partial(_Breaks, u, self.config.max_attempts)
+            with self._reading(u):
+                return _native.run(_native.read(store, u.key, self.config, breaks))[0]
         resp = self._get(u)
         size = int(resp["ContentLength"])
         part = self.config.part_size
@@ -477,6 +574,11 @@ class S3Client:
     def _read_range(self, u: S3Url, start: int, end: int, etag: str | None) -> bytes:
         if end <= start:
             return b""
+        store = self._store_for(u)
+        if store is not None:
+            with self._reading(u):
+                breaks = _Breaks(u, self.config.max_attempts)
+                return b"".join(_native.run(_native.get(store, u.key, start, end, etag, self.config.max_attempts, breaks)))
         resp = self._get(u, start, end, etag)
         return self._read_body(u, resp, start, start + int(resp["ContentLength"]))
 
@@ -485,6 +587,52 @@ class S3Client:
         if start < 0 or end < start:
             raise ValueError(f"{url}: bad byte range [{start}, {end})")
         return self._read_range(S3Url.parse(url), start, end, None)
+
+    def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,
+                  max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
+        """``(url, bytes)`` for each URL, with up to ``concurrency`` objects (default
+        ``config.max_concurrency``) in flight, in input order unless ``ordered=False``.
+
+        URLs are pulled only as slots free up. With obstore, the requests are coroutines on one event
+        loop thread, large objects arrive as parallel ranged parts, and the bodies fetched but not yet
+        consumed stay under ``max_bytes`` (default 16 parts; the oldest object always passes). With
+        boto3, each object in flight takes a thread. The first failure is raised; the rest are cancelled.
+        """
+        window = concurrency or self.config.max_concurrency
+        if _engine(self.config) != "obstore":
+            yield from imap(self.read, urls, window, ordered)
+            return
+        limit = max_bytes or 16 * self.config.part_size
+        for url, err, data in _native.read_many(self._jobs(urls), window, ordered, limit):
+            if err is not None:
+                with self._reading(S3Url.parse(url)):
+                    raise err
+            yield url, data
+
+    def _jobs(self, urls: Iterable[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
+        stores: dict[str, Any] = {}  # per bucket, for this call: hashing the config per object costs
+        for url in urls:
+            u = S3Url.parse(url)
+            store = stores.get(u.bucket) if _native.representable(u.key) else None
+            if store is None:
+                store = stores[u.bucket] = self._store_for(u)
+            if store is None:
+                yield url, _native.in_thread(self.read, url)
+            else:
+                breaks = functools.partial(_Breaks, u, self.config.max_attempts)
+                yield url, functools.partial(_native.read, store, u.key, self.config, breaks)
+
+    def _stream(self, u: S3Url, start: int, etag: str | None) -> tuple[Any, int, str | None]:
+        """An open body from byte ``start`` (with ``readinto`` and ``close``), the object's size, its ETag."""
+        store = self._store_for(u)
+        if store is not None:
+            with self._reading(u):
+                stream = _native.Stream(_native.run(_native.send(store, u.key, start, None, etag, self.config.max_attempts)))
+            return stream, stream.size, stream.etag
+        resp = self._get(u, start, None, etag)
+        rng = resp.get("ContentRange")
+        size = int(rng.rpartition("/")[2]) if rng else start + int(resp["ContentLength"])
+        return resp["Body"]._raw_stream, size, resp.get("ETag")
 
     def open(self, url: str, size: int | None = None, buffer_size: int = 1 << 20) -> io.BufferedReader:
         """A seekable, read-only file over the object that streams, holding at most ``buffer_size``."""
@@ -646,8 +794,8 @@ class S3RawFile(io.RawIOBase):
         self._client, self._url, self._u = client, url, S3Url.parse(url)
         self._size, self._etag = size, None
         self._pos = 0
-        self._resp: dict[str, Any] | None = None
-        self._resp_pos = -1  # the byte offset the open body is at
+        self._body: Any = None
+        self._body_pos = -1  # the byte offset the open body is at
         self._breaks = _Breaks(url, client.config.max_attempts)
 
     @property
@@ -689,9 +837,9 @@ class S3RawFile(io.RawIOBase):
         return pos
 
     def _drop(self) -> None:
-        if self._resp is not None:
-            self._resp["Body"].close()
-            self._resp = None
+        if self._body is not None:
+            self._body.close()
+            self._body = None
 
     def readinto(self, b: Any) -> int:
         if self._pos and self._size is None:
@@ -700,15 +848,15 @@ class S3RawFile(io.RawIOBase):
             return 0
         view = memoryview(b).cast("B")
         while True:
-            if self._resp is None or self._resp_pos != self._pos:
+            if self._body is None or self._body_pos != self._pos:
                 self._drop()
-                self._resp = self._client._get(self._u, self._pos, None, self._etag)
-                self._resp_pos = self._pos
-                self._etag = self._etag or self._resp.get("ETag")
+                self._body, size, etag = self._client._stream(self._u, self._pos, self._etag)
+                self._body_pos = self._pos
+                self._etag = self._etag or etag
                 if self._size is None:
-                    self._size = int(self._resp["ContentLength"])
+                    self._size = size
             try:
-                n = self._resp["Body"]._raw_stream.readinto(view)
+                n = self._body.readinto(view)
                 if n == 0 and self._pos < self.size:
                     raise EOFError(f"body ended at byte {self._pos} of {self.size}")
             except (*_BODY_ERRORS, urllib3.exceptions.HTTPError, OSError, EOFError) as e:
@@ -716,7 +864,7 @@ class S3RawFile(io.RawIOBase):
                 self._breaks.broke(self._pos, e)
                 continue
             self._pos += n
-            self._resp_pos = self._pos
+            self._body_pos = self._pos
             return n
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import boto3
 import pytest
+from faultproxy import FaultProxy
 from moto.server import ThreadedMotoServer
 
 import s3pipes.s3
@@ -48,6 +49,13 @@ def _fresh_clients() -> Iterator[None]:
     s3pipes.s3._clients.clear()
     yield
     s3pipes.s3._clients.clear()
+
+
+@pytest.fixture
+def spy(endpoint: str) -> Iterator[FaultProxy]:
+    """A proxy without faults in front of the server: its ``log`` shows every request a client sends."""
+    with FaultProxy(endpoint) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")

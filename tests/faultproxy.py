@@ -18,7 +18,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, NamedTuple
 
 _S3_ERRORS = {
     500: ("InternalError", "We encountered an internal error. Please try again."),
@@ -53,12 +53,21 @@ class Fault:
         return cls("stall")
 
 
+class Request(NamedTuple):
+    """One request the proxy saw; ``headers`` has lower-case names (``range``, ``if-match``, ``authorization``)."""
+
+    method: str
+    path: str
+    fault: Fault | None
+    headers: dict[str, str]
+
+
 class FaultProxy:
     """Proxy ``upstream`` on 127.0.0.1; ``url`` is where clients connect.
 
     ``script`` faults apply to requests in order (``None`` passes one through); once it is used up,
-    ``rate`` gives each request that ``applies`` a seeded chance of a random fault. ``log`` records
-    ``(method, path, fault)`` for every request.
+    ``rate`` gives each request that ``applies`` a seeded chance of a random fault. ``log`` records a
+    :class:`Request` for every request, so with no faults the proxy also shows what a client sent.
     """
 
     def __init__(self, upstream: str, script: list[Fault | None] | None = None, rate: float = 0.0,
@@ -66,7 +75,7 @@ class FaultProxy:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.script = list(script or [])
         self.rate, self.rng, self.applies = rate, random.Random(seed), applies
-        self.log: list[tuple[str, str, Fault | None]] = []
+        self.log: list[Request] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -86,7 +95,11 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _next_fault(self, method: str, path: str) -> Fault | None:
+    def gets(self) -> list[Request]:
+        """The object GETs seen (listings excluded)."""
+        return [r for r in self.log if r.method == "GET" and "list-type=" not in r.path]
+
+    def _next_fault(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
         with self._lock:
             if not self.applies(method, path):
                 fault = None
@@ -99,7 +112,7 @@ class FaultProxy:
                 )
             else:
                 fault = None
-            self.log.append((method, path, fault))
+            self.log.append(Request(method, path, fault, headers))
             return fault
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -114,7 +127,7 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._next_fault(self.command, self.path)
+                fault = proxy._next_fault(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
                 if fault is not None and fault.kind == "stall":
                     proxy._stop.wait(60)
                     self.close_connection = True
@@ -145,7 +158,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD has no body: its Content-Length is the object's size
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 if fault is not None and fault.kind in ("truncate", "reset") and self.command != "HEAD":
                     self.send_header("Connection", "close")
                     self.end_headers()

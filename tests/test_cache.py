@@ -23,7 +23,7 @@ def proxy(endpoint: str):  # noqa: ANN201
 
 def object_gets(proxy: FaultProxy) -> list[str]:
     """Paths of the GETs of objects (listing requests carry a query string)."""
-    return [path for method, path, _ in proxy.log if method == "GET" and "?" not in path]
+    return [r.path for r in proxy.log if r.method == "GET" and "?" not in r.path]
 
 
 def shards(put, bucket: str, n: int) -> list[str]:  # noqa: ANN001

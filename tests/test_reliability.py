@@ -50,7 +50,7 @@ def test_full_chain_through_10_percent_faults(endpoint: str, module_bucket: str,
         shards = (IterableWrapper([f"s3://{module_bucket}/tar/"]).list_s3(config=cfg).shuffle_shards()
                   .read_s3(stream=True, config=cfg).load_tar())
         got = [(n, digest(d)) for dp in (objects, shards) for n, d in DataLoader(dp, batch_size=None, num_workers=2)]
-        faults = collections.Counter(f.kind for _, _, f in proxy.log if f is not None)
+        faults = collections.Counter(r.fault.kind for r in proxy.log if r.fault is not None)
     assert collections.Counter(n for n, _ in got) == collections.Counter(source.keys()), "none missing, none twice"
     assert dict(got) == source, "every payload equals its source checksum"
     assert sum(faults.values()) > 150 and set(faults) == {"status", "truncate", "reset"}, faults
@@ -63,7 +63,7 @@ def test_break_mid_shard_resumes_without_repeat_or_skip(endpoint: str, module_bu
     want = [k for k in source if k.startswith(url + "/")]
     with FaultProxy(endpoint, script=[fault, fault], applies=lambda m, p: m == "GET") as proxy:
         got = list(IterableWrapper([url]).read_s3(stream=True, config=S3Config(endpoint_url=proxy.url)).load_tar())
-        assert sum(1 for _, _, f in proxy.log if f is not None) == 2, "the shard's body broke twice"
+        assert sum(1 for r in proxy.log if r.fault is not None) == 2, "the shard's body broke twice"
     assert [n for n, _ in got] == want and {n: digest(d) for n, d in got} == {n: source[n] for n in want}
 
 

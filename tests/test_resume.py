@@ -61,14 +61,14 @@ def test_resume_mid_epoch_is_exactly_one_epoch(endpoint: str, module_bucket: str
         before = [key(next(it)) for _ in range(stop)]
         state = loader.state_dict()
         del it, loader
-        gets_before = collections.Counter(p for m, p, _ in proxy.log if m == "GET" and ".tar" in p)
+        gets_before = collections.Counter(r.path for r in proxy.log if r.method == "GET" and ".tar" in r.path)
         proxy.log.clear()
 
         torch.manual_seed(1)  # a restarted job: another global seed must not change the resumed order
         resumed = StatefulDataLoader(make(module_bucket, cfg), batch_size=None, num_workers=workers)
         resumed.load_state_dict(state)
         after = [key(x) for x in resumed]
-        gets_after = collections.Counter(p for m, p, _ in proxy.log if m == "GET" and ".tar" in p)
+        gets_after = collections.Counter(r.path for r in proxy.log if r.method == "GET" and ".tar" in r.path)
 
     assert collections.Counter(before + after) == collections.Counter(expected(data)), \
         "the samples before plus after the restart are exactly one epoch"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import defaultdict, deque
 from collections.abc import Sized
 from typing import Any, BinaryIO, Iterable, Iterator, Union
 
@@ -15,10 +17,10 @@ from .._concurrent import imap
 from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
+from ..stores import client_for
 from ._state import ENDED, Cursor, Resumable
 
 log = logging.getLogger(__name__)
-from ..stores import client_for
 
 Payload = Union[bytes, BinaryIO]
 
@@ -28,9 +30,10 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
     """Reads each object URL into ``(url, bytes)``, or ``(url, file)`` with ``stream=True``
     (functional name: ``read_s3``).
 
-    Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``), since one request
-    at a time caps a worker at a few dozen objects a second; objects larger than two parts are fetched
-    as parallel ranged GETs. Output keeps input order unless ``ordered=False``.
+    Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``; see
+    :meth:`S3Client.read_many`), since one request at a time caps a worker at a few dozen objects a
+    second; objects larger than two parts are fetched as parallel ranged GETs. Output keeps input order
+    unless ``ordered=False``.
 
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
     DataLoader calls ``apply_sharding``), by position, before any GET: no ``sharding_filter`` is
@@ -106,6 +109,19 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
         store = client_for(url, self.client.config)
         return self.cache.read(url, store) if self.cache else store.read(url)
 
+    def _read_many(self, urls: Iterator[str]) -> Iterator[tuple[str, bytes]]:
+        """S3 objects through ``S3Client.read_many`` (many in flight on the native engine); cached or
+        non-S3 objects one per thread, ``concurrency`` at a time."""
+        first = next(urls, None)
+        if first is None:
+            return
+        urls = itertools.chain([first], urls)
+        store = client_for(first, self.client.config)
+        if self.cache is None and isinstance(store, S3Client):
+            yield from store.read_many(urls, self.concurrency, self.ordered)
+        else:
+            yield from imap(self._read, urls, self.concurrency, self.ordered)
+
     def _open(self, url: str) -> BinaryIO:
         store = client_for(url, self.client.config)
         return self.cache.open(url, store) if self.cache else store.open(url)  # type: ignore[return-value]
@@ -126,8 +142,15 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
                 self._pos = progress.delivered(index)
                 yield url, self._open(url)
         else:
-            for (url, index, _), data in imap(lambda item: self._read(item[0]), own, self.concurrency, self.ordered):
-                self._pos = progress.delivered(index)
+            waiting: dict[str, deque[int]] = defaultdict(deque)  # url -> indices in flight, oldest first
+
+            def urls() -> Iterator[str]:
+                for url, index, _ in own:
+                    waiting[url].append(index)
+                    yield url
+
+            for url, data in self._read_many(urls()):
+                self._pos = progress.delivered(waiting[url].popleft())
                 yield url, data
         self._pos = ENDED
 

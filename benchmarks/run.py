@@ -1,0 +1,489 @@
+"""s3pipes against its peers, in one run, on a local nginx serving S3-style paths.
+
+    make bench                              # or: .venv/bin/python benchmarks/run.py [--quick]
+
+Generates a dataset under benchmarks/data/ (kept between runs), starts nginx (Debian's nginx-light; run
+as root it is installed with apt-get if missing) on a free 127.0.0.1 port with its own config in a temp
+dir, and a user-space delay proxy in front of it for the "+RTT" workload. Each (workload, client) runs in
+its own process, bounded by a time cap, so its CPU time and peak RSS are its own; nginx's CPU time over
+the same interval shows whether the server was the bottleneck. Results: benchmarks/results/latest.json,
+latest.png, and a markdown table on stdout. Everything started here is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "bench"
+KiB, MiB = 1 << 10, 1 << 20
+REGION = "us-east-1"
+PROFILES = {
+    "full": {"small_n": 2000, "small": 100 * KiB, "large_n": 4, "large": 64 * MiB, "shards": 16,
+             "shard": 64 * MiB, "member": 100 * KiB, "big_tar": 1024 * MiB, "cap": 20.0},
+    "quick": {"small_n": 300, "small": 100 * KiB, "large_n": 4, "large": 16 * MiB, "shards": 4,
+              "shard": 16 * MiB, "member": 100 * KiB, "big_tar": 128 * MiB, "cap": 5.0},
+}
+CONCURRENCY = 64
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def _tar(path: Path, size: int, member: int) -> None:
+    with tarfile.open(path, "w") as t:
+        for i in range(max(1, size // (member + 512))):
+            info = tarfile.TarInfo(f"{i:06d}.bin")
+            info.size = member
+            t.addfile(info, _RandomFile(member))
+
+
+class _RandomFile:
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return os.urandom(n)
+
+
+def make_data(root: Path, p: dict[str, Any]) -> dict[str, list[str]]:
+    """Write the dataset as root/bucket/key (reused when the same profile made it) and return the keys."""
+    base = root / BUCKET
+    keys = {
+        "small": [f"small/{i:05d}.bin" for i in range(p["small_n"])],
+        "large": [f"large/{i}.bin" for i in range(p["large_n"])],
+        "shards": [f"shards/shard-{i:03d}.tar" for i in range(p["shards"])],
+        "bigtar": ["bigtar/big.tar"],
+    }
+    stamp = base / "profile.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == p:
+        return keys
+    shutil.rmtree(base, ignore_errors=True)
+    for d in ("small", "large", "shards", "bigtar"):
+        (base / d).mkdir(parents=True)
+    print(f"generating the dataset under {base} ...", flush=True)
+    for k in keys["small"]:
+        (base / k).write_bytes(os.urandom(p["small"]))
+    for k in keys["large"]:
+        with open(base / k, "wb") as f:
+            for _ in range(p["large"] // MiB):
+                f.write(os.urandom(MiB))
+    for k in keys["shards"]:
+        _tar(base / k, p["shard"], p["member"])
+    _tar(base / keys["bigtar"][0], p["big_tar"], MiB)
+    stamp.write_text(json.dumps(p))
+    return keys
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    for _ in range(100):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on 127.0.0.1:{port}")
+
+
+def _nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise SystemExit("nginx is missing: run `sudo apt-get install nginx-light`, then this again")
+    print("installing nginx-light with apt-get ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def start_nginx(root: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    conf = tmp / "nginx.conf"
+    user = "user root root;" if os.geteuid() == 0 else ""  # workers must read the dataset
+    conf.write_text(f"""{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/body;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        location / {{ }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([_nginx_binary(), "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"])
+    _wait_port(port, proc, "nginx")
+    return proc, port
+
+
+def start_delay(upstream: int, rtt_ms: float) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "delayproxy.py"), "--port", str(port),
+                             "--upstream", str(upstream), "--rtt-ms", str(rtt_ms)])
+    _wait_port(port, proc, "delay proxy")
+    return proc, port
+
+
+def _tree_cpu(pid: int) -> float:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+    except psutil.Error:
+        return 0.0
+
+
+# ------------------------------------------------------------------------------------------ clients
+# Each returns an iterator of byte counts, one per object or sample, so the caller can stop at the cap.
+
+
+def c_s3pipes(urls: list[str], ep: str) -> Iterator[int]:
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    import s3pipes
+
+    cfg = s3pipes.S3Config(endpoint_url=ep, region=REGION, max_concurrency=CONCURRENCY)
+    for _, data in IterableWrapper(urls).read_s3(config=cfg):
+        yield len(data)
+
+
+def c_s3pipes_tar(urls: list[str], ep: str) -> Iterator[int]:
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    import s3pipes
+
+    cfg = s3pipes.S3Config(endpoint_url=ep, region=REGION, max_concurrency=CONCURRENCY)
+    for _, data in IterableWrapper(urls).read_s3(stream=True, config=cfg).load_tar():
+        yield len(data)
+
+
+def c_s3pipes_dataset(urls: list[str], ep: str) -> Iterator[int]:
+    import s3pipes
+
+    if not hasattr(s3pipes, "S3IterableDataset"):
+        raise NotImplementedError("s3pipes.S3IterableDataset does not exist in this checkout")
+    os.environ["S3_ENDPOINT_URL"] = ep
+    for _, data in s3pipes.S3IterableDataset(urls):
+        yield len(data)
+
+
+def _boto(ep: str) -> Any:
+    import boto3
+    import botocore.config
+
+    cfg = botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=CONCURRENCY + 4)
+    return boto3.client("s3", endpoint_url=ep, region_name=REGION, config=cfg)
+
+
+def c_boto3_seq(urls: list[str], ep: str) -> Iterator[int]:
+    s3 = _boto(ep)
+    for u in urls:
+        b, _, k = u[5:].partition("/")
+        yield len(s3.get_object(Bucket=b, Key=k)["Body"].read())
+
+
+def c_boto3_threads(urls: list[str], ep: str) -> Iterator[int]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    s3 = _boto(ep)
+
+    def get(u: str) -> int:
+        b, _, k = u[5:].partition("/")
+        return len(s3.get_object(Bucket=b, Key=k)["Body"].read())
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        yield from pool.map(get, urls)
+
+
+def c_s3fs(urls: list[str], ep: str) -> Iterator[int]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="bench", secret="bench", client_kwargs={"endpoint_url": ep, "region_name": REGION},
+                           config_kwargs={"s3": {"addressing_style": "path"}})
+    for i in range(0, len(urls), CONCURRENCY):
+        for data in fs.cat([u[5:] for u in urls[i : i + CONCURRENCY]]).values():
+            yield len(data)
+
+
+def c_obstore(urls: list[str], ep: str) -> Iterator[int]:
+    import asyncio
+
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(BUCKET, endpoint=ep, region=REGION, virtual_hosted_style_request=False,  # signed, as ours
+                    client_options={"allow_http": True}, access_key_id="bench", secret_access_key="bench")
+    part = 8 * MiB
+
+    async def one(key: str, gate: asyncio.Semaphore) -> int:
+        async with gate:
+            res = await obstore.get_async(store, key, options={"range": (0, part)})
+            size = res.meta["size"]
+            first = await res.bytes_async()
+        if size <= part:
+            return len(first)
+
+        async def rng(s: int) -> int:
+            async with gate:
+                return len(await obstore.get_range_async(store, key, start=s, end=min(s + part, size)))
+
+        return len(first) + sum(await asyncio.gather(*(rng(s) for s in range(part, size, part))))
+
+    async def batch(keys: list[str]) -> list[int]:
+        gate = asyncio.Semaphore(CONCURRENCY)
+        return await asyncio.gather(*(one(k, gate) for k in keys))
+
+    keys = [u[5:].partition("/")[2] for u in urls]
+    for i in range(0, len(keys), 4 * CONCURRENCY):  # batches, so the time cap can stop it
+        yield from asyncio.run(batch(keys[i : i + 4 * CONCURRENCY]))
+
+
+def c_s3torchconnector(urls: list[str], ep: str) -> Iterator[int]:
+    from s3torchconnector import S3ClientConfig, S3IterableDataset
+
+    ds = S3IterableDataset.from_objects(urls, region=REGION, endpoint=ep,
+                                        s3client_config=S3ClientConfig(force_path_style=True))
+    for obj in ds:
+        yield len(obj.read())
+
+
+CLIENTS: dict[str, Callable[[list[str], str], Iterator[int]]] = {
+    "s3pipes": c_s3pipes, "s3pipes tar": c_s3pipes_tar, "s3pipes S3IterableDataset": c_s3pipes_dataset,
+    "boto3 sequential": c_boto3_seq, "boto3 64 threads": c_boto3_threads, "s3fs cat": c_s3fs,
+    "obstore gather": c_obstore, "s3torchconnector": c_s3torchconnector,
+}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def one(client: str, urls: list[str], ep: str, cap: float) -> dict[str, Any]:
+    """Run one client in this process until it has read everything or ``cap`` seconds have passed."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_REGION", REGION)
+    for module in ("torch", "s3pipes", "boto3", "s3fs", "obstore", "s3torchconnector"):
+        try:  # imports are not the client's reading cost
+            __import__(module)
+        except ImportError:
+            pass
+    it = CLIENTS[client](urls, ep)
+    base_rss = _rss_mib()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    n = nbytes = 0
+    for size in it:
+        n, nbytes = n + 1, nbytes + size
+        if time.perf_counter() - t0 > cap:
+            break
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    peak = r1.ru_maxrss / 1024
+    return {"items": n, "bytes": nbytes, "wall_s": wall, "items_per_s": n / wall, "mb_per_s": nbytes / wall / 1e6,
+            "cpu_ms_per_item": 1000 * cpu / max(n, 1), "peak_rss_mib": peak, "added_rss_mib": peak - base_rss}
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def run_child(client: str, urls: list[str], ep: str, cap: float, server_pids: list[int], tmp: Path) -> dict[str, Any]:
+    listing = tmp / "urls.json"
+    listing.write_text(json.dumps(urls))
+    cpu0 = [_tree_cpu(p) for p in server_pids]
+    proc = subprocess.run([sys.executable, __file__, "--one", client, str(listing), ep, str(cap)],
+                          capture_output=True, text=True, timeout=cap * 6 + 120)
+    cpu1 = [_tree_cpu(p) for p in server_pids]
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        return {"error": f"exit {proc.returncode}: {last[:200]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["server_cpu_pct"] = 100 * (cpu1[0] - cpu0[0]) / out["wall_s"]
+    if len(server_pids) > 1:
+        out["delay_proxy_cpu_pct"] = 100 * (cpu1[1] - cpu0[1]) / out["wall_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for development")
+    ap.add_argument("--rtt-ms", type=float, default=40.0, help="round trip the delay proxy adds")
+    ap.add_argument("--data", type=Path, default=HERE / "data")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--only", help="comma-separated workloads to run")
+    ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        client, listing, ep, cap = args.one
+        print(json.dumps(one(client, json.loads(Path(listing).read_text()), ep, float(cap))))
+        return
+
+    p = PROFILES["quick" if args.quick else "full"]
+    keys = make_data(args.data / ("quick" if args.quick else "full"), p)
+    urls = {k: [f"s3://{BUCKET}/{key}" for key in v] for k, v in keys.items()}
+    urls["large"] *= 4  # four passes over the four objects, so start-up costs do not decide the MB/s
+    peers = ["boto3 sequential", "boto3 64 threads", "s3fs cat", "obstore gather", "s3torchconnector"]
+    workloads = [
+        ("small, 0 ms", "small", False, ["s3pipes", *peers]),
+        (f"small, +{args.rtt_ms:g} ms", "small", True, ["s3pipes", *peers]),
+        (f"{p['large_n']} x {p['large'] // MiB} MiB, 4 passes", "large", False, ["s3pipes", *peers]),
+        ("tar shards", "shards", False, ["s3pipes tar", "s3pipes S3IterableDataset", "s3pipes"]),
+        (f"{p['big_tar'] // MiB} MiB tar streamed", "bigtar", False, ["s3pipes tar"]),
+    ]
+    if args.only:
+        wanted = set(args.only.split(","))
+        workloads = [w for w in workloads if w[1] in wanted or w[0] in wanted]
+    started: list[subprocess.Popen] = []
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="s3pipes-bench-") as t:
+        tmp = Path(t)
+        try:
+            nginx, port = start_nginx((args.data / ("quick" if args.quick else "full")).resolve(), tmp)
+            started.append(nginx)
+            delay, dport = start_delay(port, args.rtt_ms)
+            started.append(delay)
+            for title, data, delayed, clients in workloads:
+                ep = f"http://127.0.0.1:{dport if delayed else port}"
+                pids = [nginx.pid, delay.pid] if delayed else [nginx.pid]
+                for client in clients:
+                    r = run_child(client, urls[data], ep, p["cap"], pids, tmp)
+                    r.update(workload=title, data=data, client=client)
+                    results.append(r)
+                    print(_line(r), flush=True)
+        finally:
+            for proc in reversed(started):
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    report(results, p, args)
+
+
+def _line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['workload']:>22} | {r['client']:<26} | skipped: {r['error']}"
+    return (f"{r['workload']:>22} | {r['client']:<26} | {r['items_per_s']:9.1f} items/s | {r['mb_per_s']:8.1f} MB/s"
+            f" | {r['cpu_ms_per_item']:6.2f} ms CPU/item | peak RSS {r['peak_rss_mib']:6.0f} MiB"
+            f" | server CPU {r['server_cpu_pct']:4.0f}%")
+
+
+def _get(results: list[dict[str, Any]], workload: str, client: str) -> dict[str, Any] | None:
+    return next((r for r in results if r["workload"] == workload and r["client"] == client and "error" not in r), None)
+
+
+def targets(results: list[dict[str, Any]], rtt: float) -> list[tuple[str, float | None, str, float]]:
+    """(what, measured, op, target) for each target of issue 5."""
+    slow = f"small, +{rtt:g} ms"
+
+    def ratio(workload: str, a: str, b: str, key: str) -> float | None:
+        ra, rb = _get(results, workload, a), _get(results, workload, b)
+        return ra[key] / rb[key] if ra and rb and rb[key] else None
+
+    ours = _get(results, "small, 0 ms", "s3pipes")
+    large = next((r["workload"] for r in results if r["data"] == "large"), "")
+    tar, raw = _get(results, "tar shards", "s3pipes tar"), _get(results, "tar shards", "s3pipes")
+    big = next((r for r in results if r["data"] == "bigtar" and "error" not in r), None)
+    return [
+        (f"{slow}: s3pipes / s3torchconnector", ratio(slow, "s3pipes", "s3torchconnector", "items_per_s"), ">=", 25),
+        (f"{slow}: s3pipes / boto3 64 threads", ratio(slow, "s3pipes", "boto3 64 threads", "items_per_s"), ">=", 2),
+        (f"{slow}: s3pipes / obstore gather", ratio(slow, "s3pipes", "obstore gather", "items_per_s"), ">=", 0.9),
+        ("small, 0 ms: s3pipes / s3torchconnector", ratio("small, 0 ms", "s3pipes", "s3torchconnector", "items_per_s"),
+         ">=", 2.5),
+        ("small, 0 ms: s3pipes client CPU ms/object", ours["cpu_ms_per_item"] if ours else None, "<=", 0.35),
+        ("large: s3pipes / s3torchconnector (MB/s)", ratio(large, "s3pipes", "s3torchconnector", "mb_per_s"), ">=", 3),
+        ("large: s3pipes / boto3 sequential (MB/s)", ratio(large, "s3pipes", "boto3 sequential", "mb_per_s"), ">=", 1),
+        ("tar shards: samples MB/s / raw GET MB/s", tar["mb_per_s"] / raw["mb_per_s"] if tar and raw else None,
+         ">=", 0.8),
+        ("tar streamed: added peak RSS (MiB)", big["added_rss_mib"] if big else None, "<", 128),
+    ]
+
+
+def report(results: list[dict[str, Any]], p: dict[str, Any], args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    checks = targets(results, args.rtt_ms)
+    meta = {"profile": p, "rtt_ms": args.rtt_ms, "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    (args.out / f"{name}.json").write_text(json.dumps(
+        {"meta": meta, "results": results,
+         "targets": [{"what": w, "measured": m, "op": op, "target": t} for w, m, op, t in checks]}, indent=1))
+    lines = ["| workload | client | objects/s | MB/s | client CPU ms/object | peak RSS MiB | server CPU % |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['workload']} | {r['client']} | skipped: {r['error'][:60]} | | | | |")
+        else:
+            lines.append(f"| {r['workload']} | {r['client']} | {r['items_per_s']:.0f} | {r['mb_per_s']:.0f} | "
+                         f"{r['cpu_ms_per_item']:.2f} | {r['peak_rss_mib']:.0f} | {r['server_cpu_pct']:.0f} |")
+    lines += ["", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    for w, m, op, t in checks:
+        ok = m is not None and (m >= t if op == ">=" else m <= t if op == "<=" else m < t)
+        lines.append(f"| {w} | {'n/a' if m is None else f'{m:.2f}'} | {op} {t:g} | {'yes' if ok else 'no'} |")
+    table = "\n".join(lines)
+    (args.out / f"{name}.md").write_text(f"{meta['when']}, {meta['cpus']} cores, Python {meta['python']}\n\n{table}\n")
+    print("\n" + table)
+    chart(results, args.out / f"{name}.png")
+
+
+def chart(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.5), squeeze=False)
+    for ax, w in zip(axes[0], workloads):
+        rows = [r for r in results if r["workload"] == w and "error" not in r]
+        big = rows and rows[0]["data"] in ("large", "bigtar")
+        key, unit = ("mb_per_s", "MB/s") if big else ("items_per_s", "objects/s")
+        ax.bar([r["client"] for r in rows], [r[key] for r in rows],
+               color=["tab:blue" if r["client"].startswith("s3pipes") else "tab:gray" for r in rows])
+        ax.set_title(w)
+        ax.set_ylabel(unit)
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    main()
