@@ -474,7 +474,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.5), squeeze=False)
     for ax, w in zip(axes[0], workloads):
         rows = [r for r in results if r["workload"] == w and "error" not in r]
-        big = rows and rows[0]["data"] in ("large", "bigtar")
+        big = rows and rows[0]["data"] in ("large", "shards", "bigtar")
         key, unit = ("mb_per_s", "MB/s") if big else ("items_per_s", "objects/s")
         ax.bar([r["client"] for r in rows], [r[key] for r in rows],
                color=["tab:blue" if r["client"].startswith("s3pipes") else "tab:gray" for r in rows])

@@ -53,10 +53,6 @@ class Failure(Exception):
         return self.kind in ("timeout", "connect") or self.status in _RETRY_STATUS
 
 
-class BodyBroke(ConnectionError):
-    """A response body that broke after its headers arrived."""
-
-
 def _failure(e: Exception, attempts: int) -> Failure:
     text = str(e)
     detail = text.split("\n\nDebug source", 1)[0].strip()
@@ -354,28 +350,3 @@ def in_thread(fn: Callable[[str], bytes], url: str) -> Callable[[_Budget, int], 
         return await asyncio.get_running_loop().run_in_executor(None, fn, url), 0
 
     return job
-
-
-class Stream:
-    """A raw, sequential stream over one GET's body for :class:`s3pipes.s3.S3RawFile`."""
-
-    def __init__(self, res: Any) -> None:
-        self._res, self._chunks = res, iter(res.stream(min_chunk_size=1))
-        self._left = memoryview(b"")
-        self.size, self.etag = int(res.meta["size"]), res.meta["e_tag"]
-
-    def readinto(self, b: memoryview) -> int:
-        if not self._left:
-            try:
-                self._left = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-            except (BaseError, OSError) as e:
-                raise BodyBroke(str(e).split("\n\nDebug source", 1)[0]) from e
-        n = min(len(b), len(self._left))
-        b[:n] = self._left[:n]
-        self._left = self._left[n:]
-        return n
-
-    def close(self) -> None:
-        self._res = self._chunks = None  # dropping the body closes its connection

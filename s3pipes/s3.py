@@ -5,8 +5,9 @@ pickles to DataLoader workers; the boto3 client and the obstore stores behind it
 per process (keyed by pid), because neither is safe to share across ``fork``.
 
 GETs go through one of two engines (``S3Config.engine``): obstore (:mod:`s3pipes._native`, Rust, the
-default when installed) or boto3. Listing, HEAD and writes always use boto3; so do GETs of keys that
-obstore cannot name (empty, "." or ".." path segments). Both engines raise the same exceptions.
+default when installed) or boto3. Listing, HEAD, streams (``open``) and writes always use boto3; so do
+GETs of keys that obstore cannot name (empty, "." or ".." path segments). Both engines raise the same
+exceptions.
 """
 
 from __future__ import annotations
@@ -623,12 +624,10 @@ class S3Client:
                 yield url, functools.partial(_native.read, store, u.key, self.config, breaks)
 
     def _stream(self, u: S3Url, start: int, etag: str | None) -> tuple[Any, int, str | None]:
-        """An open body from byte ``start`` (with ``readinto`` and ``close``), the object's size, its ETag."""
-        store = self._store_for(u)
-        if store is not None:
-            with self._reading(u):
-                stream = _native.Stream(_native.run(_native.send(store, u.key, start, None, etag, self.config.max_attempts)))
-            return stream, stream.size, stream.etag
+        """An open body from byte ``start`` (with ``readinto`` and ``close``), the object's size, its ETag.
+
+        Always boto3's: urllib3 reads straight into the caller's buffer, which measured 1.5x faster for
+        a sequential stream on loopback than obstore's chunks, each copied into a new bytes object."""
         resp = self._get(u, start, None, etag)
         rng = resp.get("ContentRange")
         size = int(rng.rpartition("/")[2]) if rng else start + int(resp["ContentLength"])
