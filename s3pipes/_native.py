@@ -15,7 +15,6 @@ import functools
 import itertools
 import os
 import queue
-import random
 import re
 import threading
 from collections import deque
@@ -26,7 +25,7 @@ import obstore
 from obstore.exceptions import BaseError, PreconditionError
 from obstore.store import S3Store
 
-from .config import S3Config
+from .config import S3Config, retry_delay
 
 # Bodies up to this size are collected in one call (a break re-reads them whole); larger ones are
 # streamed chunk by chunk so that a break resumes from the byte reached.
@@ -170,8 +169,7 @@ async def send(st: S3Store, key: str, start: int, end: int | None, etag: str | N
             failure = _failure(e, attempt)
             if not failure.retryable or attempt == attempts:
                 raise failure from e
-        # boto3's "standard" backoff: random up to 2**attempt seconds, at most 20
-        await asyncio.sleep(random.random() * min(20.0, 2.0 ** (attempt - 1)))
+        await asyncio.sleep(retry_delay(attempt, failure.status == 503 or failure.code == "SlowDown"))
     raise AssertionError("unreachable")
 
 

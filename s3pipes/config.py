@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 
 MiB = 1 << 20
@@ -61,3 +62,10 @@ class S3Config:
     def replace(self, **changes: object) -> S3Config:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def retry_delay(attempt: int, throttled: bool = False) -> float:
+    """Seconds to wait before retrying after failed ``attempt`` (1-based), for both engines: full-jitter
+    exponential backoff from 0.1 s (0.5 s when S3 throttles), at most 10 s. botocore's own starts at
+    1 s, so a wrong endpoint took several seconds to report."""
+    return random.random() * min(10.0, (0.5 if throttled else 0.1) * 2 ** (attempt - 1))

@@ -17,7 +17,6 @@ import functools
 import io
 import logging
 import os
-import random
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 
 from ._concurrent import imap
-from .config import S3Config
+from .config import S3Config, retry_delay
 from .errors import BucketNotFoundError, ObjectChangedError
 
 try:
@@ -199,15 +198,13 @@ def _boto_client(cfg: S3Config) -> Any:
 
 
 class _Backoff(retries.BaseRetryBackoff):
-    """Full-jitter exponential backoff: 0.1 s doubling for errors, 0.5 s doubling for throttling, at most
-    10 s. botocore's own starts at 1 s, so a wrong endpoint took several seconds to report."""
+    """:func:`~s3pipes.config.retry_delay` for botocore."""
 
     def __init__(self, detector: retries.ThrottlingErrorDetector) -> None:
         self._detector = detector
 
     def delay_amount(self, context: retries.RetryContext) -> float:
-        base = 0.5 if self._detector.is_throttling_error_from_context(context) else 0.1
-        return random.random() * min(10.0, base * 2 ** (context.attempt_number - 1))
+        return retry_delay(context.attempt_number, self._detector.is_throttling_error_from_context(context))
 
 
 class _NoQuota:

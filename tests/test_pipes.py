@@ -17,7 +17,7 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 from torch.utils.data.graph_settings import apply_random_seed, apply_sharding
 
 import s3pipes
-from s3pipes import CorruptArchiveError, S3Client, S3Config
+from s3pipes import CorruptArchiveError, S3Config
 
 SHARDS, PER_SHARD = 6, 10
 TAR_NAMES = [f"tar/shard-{i}.tar" for i in range(4)] + ["tar/shard-4.tar.gz", "tar/shard-5.tgz"]
