@@ -8,7 +8,9 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from ..errors import CorruptArchiveError
-from ._state import ENDED, Cursor
+from torch.utils.data import IterDataPipe
+
+from ._state import ENDED, Cursor, Resumable
 
 log = logging.getLogger("s3pipes")
 
@@ -35,6 +37,20 @@ def naming_corruption(kind: str, shard: str, errors: tuple[type[BaseException], 
     except errors as e:
         where = f" at member {member[0]!r}" if member and member[0] else ""
         raise CorruptArchiveError(f"{shard}: corrupt {kind} archive{where}: {e}") from e
+
+
+class ArchiveExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
+    """Base of the archive pipes: ``expand`` (one archive's members) over each shard of the source."""
+
+    expand: Expand
+
+    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
+        self.source_datapipe = source_datapipe
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        return expand_shards(self, self.source_datapipe, type(self).expand, self._take_resume())
 
 
 def expand_shards(holder: Any, shards: Iterable[tuple[str, Payload]], expand: Expand,

@@ -8,11 +8,9 @@ import tarfile
 import zlib
 from typing import Iterator
 
-from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._payload import Payload, expand_shards, naming_corruption, payload_file
-from ._state import Resumable
+from ._payload import ArchiveExpander, Payload, naming_corruption, payload_file
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
@@ -33,8 +31,24 @@ class _StrictTarInfo(tarfile.TarInfo):
             ) from e
 
 
+def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
+    """``(shard/member, bytes)`` for each regular file of one tar, read as a stream."""
+    member = [""]
+    with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
+        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+            for info in tar:
+                member[0] = info.name
+                tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
+                if not info.isreg():
+                    continue
+                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
+                yield f"{shard}/{info.name}", data
+
+
 @functional_datapipe("load_tar")
-class TarExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
+class TarExpander(ArchiveExpander):
     """Expands ``(name, payload)`` of a tar (plain, ``.tar.gz``/``.tgz``, ``.tar.xz``) into
     ``(name + "/" + member, bytes)`` for each regular file, in archive order (functional name: ``load_tar``).
 
@@ -54,26 +68,4 @@ class TarExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
         [('s3://b/shard.tar/s0.cls', b'3')]
     """
 
-    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
-        self.source_datapipe = source_datapipe
-        self.skip_corrupt = skip_corrupt
-        self.skipped = 0
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        return expand_shards(self, self.source_datapipe, iter_tar, self._take_resume())
-
-
-def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
-    """``(shard/member, bytes)`` for each regular file of one tar, read as a stream."""
-    member = [""]
-    with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
-        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
-            for info in tar:
-                member[0] = info.name
-                tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
-                if not info.isreg():
-                    continue
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
-                yield f"{shard}/{info.name}", data
+    expand = staticmethod(iter_tar)

@@ -6,17 +6,27 @@ import zipfile
 import zlib
 from typing import Iterator
 
-from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._payload import Payload, expand_shards, naming_corruption, payload_file
-from ._state import Resumable
+from ._payload import ArchiveExpander, Payload, naming_corruption, payload_file
 
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
+def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
+    """``(shard/member, bytes)`` for each file of one zip; a stream payload is read by ranges."""
+    member = [""]
+    with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                member[0] = info.filename
+                yield f"{shard}/{info.filename}", archive.read(info)
+
+
 @functional_datapipe("load_zip")
-class ZipExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
+class ZipExpander(ArchiveExpander):
     """Expands ``(name, payload)`` of a zip into ``(name + "/" + member, bytes)`` for each file, in
     central-directory order (functional name: ``load_zip``).
 
@@ -36,22 +46,4 @@ class ZipExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
         [('s3://b/shard.zip/s0.cls', b'3')]
     """
 
-    def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
-        self.source_datapipe = source_datapipe
-        self.skip_corrupt = skip_corrupt
-        self.skipped = 0
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        return expand_shards(self, self.source_datapipe, iter_zip, self._take_resume())
-
-
-def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
-    """``(shard/member, bytes)`` for each file of one zip; a stream payload is read by ranges."""
-    member = [""]
-    with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
-        with zipfile.ZipFile(f) as archive:
-            for info in archive.infolist():
-                if info.is_dir():
-                    continue
-                member[0] = info.filename
-                yield f"{shard}/{info.filename}", archive.read(info)
+    expand = staticmethod(iter_zip)
