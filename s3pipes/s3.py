@@ -17,6 +17,7 @@ import functools
 import io
 import logging
 import os
+import shutil
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ import botocore.config
 import botocore.exceptions
 import botocore.retries.standard as retries
 import urllib3.exceptions
-from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 
 from ._concurrent import imap
@@ -637,18 +637,14 @@ class S3Client:
     # -- writes
 
     def write(self, url: str, data: bytes | bytearray | memoryview | IO[bytes]) -> None:
-        """Write ``data`` (bytes or a binary stream) to ``url``: multipart in ``part_size`` pieces when
-        large, uploaded in parallel, streamed without a temporary file. A failed upload is aborted, so
-        nothing is left at the key."""
-        u = _object_url(url)
-        body = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-        cfg = TransferConfig(
-            multipart_threshold=self.config.part_size,
-            multipart_chunksize=self.config.part_size,
-            max_concurrency=min(self.config.max_concurrency, 16),
-        )
-        with self._errors(url, "write the object"):
-            self._s3.upload_fileobj(body, u.bucket, u.key, Config=cfg, ExtraArgs=self._extra())
+        """Write ``data`` (bytes or a binary stream) to ``url`` through :meth:`open_write`: multipart in
+        ``part_size`` pieces when large, uploaded in parallel, streamed without a temporary file. A failed
+        upload is aborted, so nothing is left at the key."""
+        with self.open_write(url) as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f, self.config.part_size)
 
     def open_write(self, url: str) -> S3Writer:
         """A write-only stream to ``url`` that uploads ``part_size`` parts while it is written, a few in
@@ -675,6 +671,9 @@ def _upload_part(client: S3Client, url: str, upload_id: str, number: int, data: 
     resp = _object_call(client, url, "write the object", "upload_part", UploadId=upload_id, PartNumber=number,
                         Body=data)
     return {"PartNumber": number, "ETag": resp["ETag"]}
+
+
+_MIN_PART = 5 * 1024 * 1024  # S3 refuses a multipart part under 5 MiB, but for the last
 
 
 class S3Writer(io.BufferedIOBase):
@@ -708,7 +707,7 @@ class S3Writer(io.BufferedIOBase):
         n = memoryview(b).nbytes
         self._buf += b
         self._written += n
-        part = self._client.config.part_size
+        part = max(self._client.config.part_size, _MIN_PART)
         while len(self._buf) >= part:
             self._send(bytes(self._buf[:part]))
             del self._buf[:part]
