@@ -684,12 +684,12 @@ class S3Writer(io.BufferedIOBase):
 
     def __init__(self, client: S3Client, url: str) -> None:
         super().__init__()
-        _object_url(url)
         self._client, self._url = client, url
         self._buf = bytearray()
         self._written = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
+        _object_url(url)  # after the fields: __del__ runs on a stream whose __init__ raised, too
 
     @property
     def name(self) -> str:
