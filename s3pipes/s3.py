@@ -551,13 +551,11 @@ class S3Client:
             resp = self._get(u, start + got, end, etag)
 
     def read(self, url: str) -> bytes:
-        """The whole object. Objects over two parts are fetched as parallel ranged GETs."""
+        """The whole object. Large objects are fetched as parallel ranged GETs."""
         u = S3Url.parse(url)
         store = self._store_for(u)
         if store is not None:
-            breaks = functools.partial(_Breaks, u, self.config.max_attempts)
-            with self._reading(u):
-                return _native.run(_native.read(store, u.key, self.config, breaks))[0]
+            return self._read_native(u, store)[0]
         resp = self._get(u)
         size = int(resp["ContentLength"])
         part = self.config.part_size
@@ -569,6 +567,17 @@ class S3Client:
         parts = _pool(self.config.max_concurrency).map(lambda r: self._read_range(u, r[0], r[1], etag), ranges)
         return b"".join([first, *parts])
 
+    def _read_native(self, u: S3Url, store: Any, budget: Any = None, ticket: int = 0) -> tuple[bytes, int]:
+        """``read`` on the native engine: the object and the bytes of ``budget`` it holds."""
+        breaks = functools.partial(_Breaks, u, self.config.max_attempts)
+        with self._reading(u):
+            return _native.read(store, u.key, self.config, breaks, _pool(self.config.max_concurrency), budget, ticket)
+
+    def _read_held(self, url: str, budget: Any, ticket: int) -> tuple[bytes, int]:
+        u = S3Url.parse(url)
+        store = self._store_for(u)
+        return self._read_native(u, store, budget, ticket) if store is not None else (self.read(url), 0)
+
     def _read_range(self, u: S3Url, start: int, end: int, etag: str | None) -> bytes:
         if end <= start:
             return b""
@@ -576,7 +585,7 @@ class S3Client:
         if store is not None:
             with self._reading(u):
                 breaks = _Breaks(u, self.config.max_attempts)
-                return b"".join(_native.run(_native.get(store, u.key, start, end, etag, self.config.max_attempts, breaks)))
+                return b"".join(_native.get(store, u.key, start, end, etag, self.config.max_attempts, breaks))
         resp = self._get(u, start, end, etag)
         return self._read_body(u, resp, start, start + int(resp["ContentLength"]))
 
@@ -589,36 +598,18 @@ class S3Client:
     def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,
                   max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
         """``(url, bytes)`` for each URL, with up to ``concurrency`` objects (default
-        ``config.max_concurrency``) in flight, in input order unless ``ordered=False``.
+        ``config.max_concurrency``) in flight, each in a thread, in input order unless ``ordered=False``.
 
-        URLs are pulled only as slots free up. With obstore, the requests are coroutines on one event
-        loop thread, large objects arrive as parallel ranged parts, and the bodies fetched but not yet
-        consumed stay under ``max_bytes`` (default 16 parts; the oldest object always passes). With
-        boto3, each object in flight takes a thread. The first failure is raised; the rest are cancelled.
+        URLs are pulled only as slots free up. With obstore, large objects arrive as parallel ranged
+        parts, and the bodies fetched but not yet consumed stay under ``max_bytes`` (default 16 parts;
+        the oldest object always passes). The first failure is raised; the rest are cancelled.
         """
         window = concurrency or self.config.max_concurrency
         if _engine(self.config) != "obstore":
             yield from imap(self.read, urls, window, ordered)
-            return
-        limit = max_bytes or 16 * self.config.part_size
-        for url, err, data in _native.read_many(self._jobs(urls), window, ordered, limit):
-            if err is not None:
-                with self._reading(S3Url.parse(url)):
-                    raise err
-            yield url, data
-
-    def _jobs(self, urls: Iterable[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
-        stores: dict[str, Any] = {}  # per bucket, for this call: hashing the config per object costs
-        for url in urls:
-            u = S3Url.parse(url)
-            store = stores.get(u.bucket) if _native.representable(u.key) else None
-            if store is None:
-                store = stores[u.bucket] = self._store_for(u)
-            if store is None:
-                yield url, _native.in_thread(self.read, url)
-            else:
-                breaks = functools.partial(_Breaks, u, self.config.max_attempts)
-                yield url, functools.partial(_native.read, store, u.key, self.config, breaks)
+        else:
+            yield from _native.read_many(self._read_held, urls, window, ordered,
+                                         max_bytes or 16 * self.config.part_size)
 
     def _stream(self, u: S3Url, start: int, etag: str | None) -> tuple[Any, int, str | None]:
         """An open body from byte ``start`` (with ``readinto`` and ``close``), the object's size, its ETag.
