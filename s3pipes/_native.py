@@ -5,8 +5,8 @@ users see, and gets failed requests back as :class:`Failure`, which it maps like
 Each request is a blocking call that releases the GIL while tokio does the I/O, made from a pool of
 threads. Measured on 2 cores against nginx, that costs half the CPU per object of the same requests as
 asyncio coroutines, where each finished future wakes the event loop thread through its self-pipe.
-object_store's own retries are off so that retries,
-the resume of a broken body (a Range pinned with If-Match) and the messages are the same for both engines.
+object_store's own retries are off so that retries, the resume of a broken body (a Range pinned with
+If-Match) and the messages are the same for both engines.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ class S3Config:
     Credentials come only from boto3's standard chain (environment, profile, SSO, instance role);
     ``anonymous=True`` sends unsigned requests for public buckets.
 
-    ``engine`` picks what sends GETs: ``"obstore"`` (Rust, many requests in flight on one event loop
-    thread), ``"boto3"`` (pure Python), or ``"auto"``: ``S3PIPES_ENGINE`` if set, else obstore when it
-    is installed. Listing, HEAD, streams (``open``) and writes always go through boto3.
+    ``engine`` picks what sends GETs: ``"obstore"`` (Rust; the GIL is released while a request waits),
+    ``"boto3"`` (pure Python), or ``"auto"``: ``S3PIPES_ENGINE`` if set, else obstore when it is
+    installed. Listing, HEAD and writes always go through boto3.
 
     >>> cfg = S3Config(endpoint_url="http://127.0.0.1:9000", max_concurrency=32)
     >>> cfg.replace(anonymous=True).anonymous

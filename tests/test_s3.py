@@ -225,24 +225,29 @@ def test_read_small_and_empty(bucket: str, put) -> None:  # noqa: ANN001
     assert s3.read(f"s3://{bucket}/s") == b"abc"
 
 
-def test_open_streams_with_one_get_and_seeks(big: tuple[str, bytes], spy: FaultProxy) -> None:
+def test_open_streams_in_pinned_parts_and_seeks(big: tuple[str, bytes], spy: FaultProxy) -> None:
     url, data = big
-    s3 = S3Client(S3Config(endpoint_url=spy.url))
-    calls = spy.log
+    s3 = S3Client(S3Config(endpoint_url=spy.url, part_size=MiB))
     with s3.open(url) as f:
         out = bytearray()
         while chunk := f.read(100_000):
             out += chunk
         assert bytes(out) == data and f.tell() == len(data)
-        assert len(calls) == 1, "a sequential read is one streaming GET"
+        head, *gets = spy.log
+        assert head.method == "HEAD" and all(g.method == "GET" for g in gets)
+        assert sorted(g.headers["range"] for g in gets) == sorted(
+            f"bytes={i * MiB}-{(i + 1) * MiB - 1}" for i in range(20)), "read in order: every part once"
+        assert {g.headers.get("if-match") for g in gets} == {S3Client().head(url)["ETag"]}, "pinned to one version"
+        spy.log.clear()
         f.seek(-100, io.SEEK_END)
-        assert f.read() == data[-100:]
+        assert f.read() == data[-100:] and not spy.log, "still in the part last read"
         f.seek(12345)
         buf = bytearray(1000)
         assert f.readinto(buf) == 1000 and bytes(buf) == data[12345:13345]
         assert f.tell() == 13345
         f.seek(10, io.SEEK_CUR)
         assert f.read(5) == data[13355:13360]
+        assert [g.headers["range"] for g in spy.log] == [f"bytes=12345-{12345 + MiB - 1}"], "a seek: one part"
         f.seek(len(data) + 10)
         assert f.read(10) == b""
     with pytest.raises(TypeError, match="cannot be pickled"):
@@ -380,14 +385,12 @@ def test_truncated_every_time_is_an_error_not_short_bytes(endpoint: str, bucket:
 
 
 def test_object_replaced_mid_read_is_an_error(endpoint: str, bucket: str, put) -> None:  # noqa: ANN001
-    url = put(f"s3://{bucket}/k", random_blob(100_000, seed=1))
-    with FaultProxy(endpoint, script=[Fault.truncate(1000)]) as proxy:
-        s3 = S3Client(S3Config(endpoint_url=proxy.url))
-        f = s3.open(url, buffer_size=4096)
-        f.read(500)  # the first (truncated) response is pinned to the old ETag
-        put(url, random_blob(100_000, seed=2))
-        with pytest.raises(ObjectChangedError, match=f"{url}: the object changed"):
-            f.read()
+    url = put(f"s3://{bucket}/k", random_blob(500_000, seed=1))
+    f = S3Client(S3Config(part_size=64 << 10)).open(url, buffer_size=4096)
+    f.read(500)  # every part is pinned to the ETag of the open file's HEAD
+    put(url, random_blob(500_000, seed=2))
+    with pytest.raises(ObjectChangedError, match=f"{url}: the object changed"):
+        f.read()
 
 
 def test_unreachable_endpoint_is_a_connection_error_quickly() -> None:
