@@ -22,10 +22,9 @@ _ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
-    # The suite reads with boto3 unless a test picks the engine (test_s3.py runs every test on both).
-    # After the fault-injection tests, obstore's requests sometimes wait 5-10 s in moto's server, queued
-    # behind its global dispatch lock (seen in CI; cause not pinned down yet, see issue 5's note).
-    "S3PIPES_ENGINE": "boto3",
+    # The suite reads with the default engine, obstore, unless a test picks one (test_s3.py runs every
+    # test on both). Set here so that DataLoader workers and subprocesses read with it too.
+    "S3PIPES_ENGINE": "obstore",
 }
 _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
           "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL")

@@ -296,4 +296,5 @@ def test_200mib_tar_streams_in_bounded_memory(boto, bucket: str, tmp_path) -> No
     assert out.returncode == 0, out.stderr
     n, total, growth = map(int, out.stdout.split())
     assert (n, total) == (200, 200 * (1 << 20))
-    assert growth < 48 * (1 << 20), f"streaming a 200 MiB tar grew peak RSS by {growth / 2**20:.0f} MiB"
+    # three 8 MiB parts in flight, each briefly twice (object_store collects it, then Python copies it)
+    assert growth < 64 * (1 << 20), f"streaming a 200 MiB tar grew peak RSS by {growth / 2**20:.0f} MiB"

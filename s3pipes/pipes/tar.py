@@ -13,6 +13,7 @@ from torch.utils.data.datapipes._decorator import functional_datapipe
 from ._payload import ArchiveExpander, Payload, naming_corruption, payload_file
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+_COMPRESSED = (b"\x1f\x8b", b"\xfd7zXZ", b"BZh")  # gzip, xz, bzip2 magic
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -32,16 +33,23 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
-    """``(shard/member, bytes)`` for each regular file of one tar, read as a stream."""
+    """``(shard/member, bytes)`` for each regular file of one tar. An uncompressed tar in memory is
+    read by seeking from header to header and slicing each member out; anything else is read as a
+    stream, through tarfile's 10 KiB reads (measured here at about half the speed)."""
+    in_memory = isinstance(payload, (bytes, bytearray, memoryview))
+    sliced = in_memory and not bytes(payload[:6]).startswith(_COMPRESSED)
     member = [""]
     with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
-        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+        with tarfile.open(fileobj=f, mode="r:" if sliced else "r|*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 member[0] = info.name
                 tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
                 if not info.isreg():
                     continue
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if sliced:
+                    data = bytes(payload[info.offset_data : info.offset_data + info.size])  # type: ignore[index]
+                else:
+                    data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
                 yield f"{shard}/{info.name}", data
