@@ -124,12 +124,13 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def send(st: S3Store, key: str, start: int, end: int | None, etag: str | None, attempts: int) -> Any:
-    """Send a GET for ``[start, end)`` and wait for its headers, retrying what S3 says may be retried."""
+    """Send a GET for ``[start, end)`` (``end=None``: the whole object) and wait for its headers,
+    retrying what S3 says may be retried."""
     global used
     used = True
     opts: dict[str, Any] = {}
-    if start or end is not None:
-        opts["range"] = (start, end) if end is not None else {"offset": start}
+    if end is not None:
+        opts["range"] = (start, end)
     if etag:
         opts["if_match"] = etag
     for attempt in range(1, attempts + 1):
@@ -170,9 +171,9 @@ def _body(st: S3Store, key: str, res: Any, attempts: int, breaks: Any, whole: bo
         res = send(st, key, pos, end, etag, attempts)
 
 
-def get(st: S3Store, key: str, start: int, end: int | None, etag: str | None, attempts: int, breaks: Any,
+def get(st: S3Store, key: str, start: int, end: int, etag: str | None, attempts: int, breaks: Any,
         whole: bool = False) -> list[Any]:
-    """Bytes ``[start, end)`` (``end=None``: to the object's end), as buffers to join."""
+    """Bytes ``[start, end)``, as buffers to join."""
     return _body(st, key, send(st, key, start, end, etag, attempts), attempts, breaks, whole)
 
 
