@@ -6,8 +6,11 @@ captured in the main process (when a dataset is built or pickled to its workers)
 
 from __future__ import annotations
 
+import sys
+
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
+from torch.utils.data.graph_settings import _is_sharding_datapipe
 
 
 def current() -> tuple[int, int] | None:
@@ -25,3 +28,23 @@ def instance(captured: tuple[int, int] | None) -> tuple[int, int]:
     info = get_worker_info()
     workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
     return world * workers, worker * world + rank
+
+
+def refuse_sharding_above(name: str) -> None:
+    """Raise if a torch sharding pipe (``IterableWrapper(ds).sharding_filter()``) is iterating the caller.
+
+    The dataset splits its shards itself; the filter would split what is left again, by sample, and
+    quietly lose most of the data. torch's graph walk cannot see a dataset inside ``IterableWrapper``
+    (which also deep-copies it), so the pipes iterating it are found on the call stack: their generator
+    frames are there while they pull from it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if owner is not None and _is_sharding_datapipe(owner):
+            raise RuntimeError(
+                f"{name} splits its shards across ranks and DataLoader workers itself; the "
+                f"{type(owner).__name__} after it (IterableWrapper(ds).sharding_filter()) would split them "
+                f"a second time and lose data. Drop .sharding_filter(): s3pipes needs none. To have the "
+                f"filter split samples instead, pass {name}(..., shard=False): every worker then reads "
+                f"every shard.")
+        frame = frame.f_back  # type: ignore[assignment]

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypedDict
 
 from torch.utils.data import Dataset, IterableDataset
 
 from . import _dist
 from .config import S3Config
-from .pipes._payload import expand_shards
-from .pipes._state import ENDED, Epoched
+from .pipes._payload import ArchiveExpander
+from .pipes._state import Cursor, Mark, Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
 from .pipes.reader import S3Reader
@@ -53,53 +53,87 @@ class S3Dataset(Dataset[tuple[str, bytes]]):
         return url, client_for(url, self.config).read(url)
 
 
-class S3IterableDataset(Epoched, IterableDataset[tuple[str, bytes]]):
+class IterPos(TypedDict):
+    epoch: int
+    source: Mark | None  # the position in this epoch's members
+
+
+class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[tuple[str, bytes]]):
     """Yields ``(name, bytes)`` for every object under ``urls``; a ``.tar``, ``.tar.gz``, ``.tgz`` or
     ``.zip`` object yields its members instead (``(member_name, bytes)``, in archive order, streamed).
 
     Shards are split across ``torch.distributed`` ranks and DataLoader workers by this dataset itself,
     also when it is wrapped in your own ``IterableDataset``; under ``torch.distributed`` every rank gets
-    the same number of shards (see ``S3Reader``'s ``even_ranks``). With ``shuffle_urls=True`` the shard
-    order is a function of ``seed`` and the epoch, the same on every rank and worker: call
-    ``set_epoch(e)`` before each epoch. (Iterating again moves to the next epoch by itself only where the
-    same object iterates: in the main process or persistent workers. Other workers get a fresh copy.)
+    the same number of shards (see ``S3Reader``'s ``even_ranks``). A torch ``sharding_filter`` after
+    ``IterableWrapper(S3IterableDataset(...))`` would split them twice and lose data, so it is refused
+    with an error; with ``shard=False`` every rank and worker reads every shard and such a filter splits
+    the members instead.
+
+    With ``shuffle_urls=True`` the shard order is a function of ``seed`` and the epoch, the same on
+    every rank and worker. The epoch moves on with each iteration where the same object iterates (in
+    the main process, or persistent workers); DataLoader workers that are not persistent get a fresh
+    copy each epoch, so call ``set_epoch(e)`` before each epoch, as the plugin documented.
     ``state_dict``/``load_state_dict`` resume an epoch mid-way with ``StatefulDataLoader``.
 
-    >>> ds = S3IterableDataset(["s3://bucket/train/"], shuffle_urls=True)  # doctest: +SKIP
-    >>> ds.set_epoch(0)                                                     # doctest: +SKIP
-    >>> name, data = next(iter(ds))                                         # doctest: +SKIP
+    Args:
+        urls: prefixes or object URLs (``s3://``, local paths, ``memory://``...), or a list of them.
+        shuffle_urls: shuffle the shard order each epoch.
+        seed: the seed of the shard order.
+        skip_corrupt: log and count (``skipped``) a corrupt archive and go on, instead of raising.
+        even_ranks: leave out the last ``N % world_size`` shards so every rank reads as many (default:
+            on when several ranks read).
+        shard: split the shards across ranks and workers (default); ``False`` reads all of them.
+        config: how to reach S3; ``None`` reads the environment.
+
+    Example:
+        >>> import fsspec
+        >>> fs = fsspec.filesystem("memory")
+        >>> for i in range(3):
+        ...     fs.pipe(f"/iterable-doc/{i}.txt", str(i).encode())
+        >>> ds = S3IterableDataset("memory://iterable-doc/", shuffle_urls=True)
+        >>> ds.set_epoch(0)
+        >>> sorted(data for _, data in ds)
+        [b'0', b'1', b'2']
     """
 
     def __init__(self, urls: str | Sequence[str], shuffle_urls: bool = False, *, seed: int = 0,
-                 skip_corrupt: bool = False, even_ranks: bool | None = None, config: S3Config | None = None) -> None:
+                 skip_corrupt: bool = False, even_ranks: bool | None = None, shard: bool = True,
+                 config: S3Config | None = None) -> None:
         self.urls = _as_list(urls)
         self.shuffle_urls, self.seed, self.config, self.even_ranks = shuffle_urls, seed, config, even_ranks
-        self.skip_corrupt, self.skipped = skip_corrupt, 0
+        self.shard, self.skip_corrupt, self._skipped = shard, skip_corrupt, 0
+        self._members: _Members | None = None
         self._dist = _dist.current()
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt archives skipped in this process (with ``skip_corrupt=True``)."""
+        return self._members.skipped if self._members is not None else self._skipped
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled in the main process as workers start: the last moment the rank is known for sure.
-        return {**self.__dict__, "_dist": _dist.current() or self._dist}
+        return {**self.__dict__, "_dist": _dist.current() or self._dist, "_members": None, "_skipped": self.skipped}
 
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        resume = self._take_resume()
-        if resume == ENDED:
-            self._pos = ENDED
-            return
-        epoch = resume["epoch"] if resume else self.epoch
-        self.epoch = epoch + 1
+    def _begin(self) -> IterPos:
+        return {"epoch": self.epoch, "source": None}
+
+    def _source(self, start: IterPos) -> Cursor:
+        if self.shard:
+            _dist.refuse_sharding_above(type(self).__name__)
         shards: Any = S3Lister(self.urls, config=self.config)
         if self.shuffle_urls:
             shards = ShardShuffler(shards, seed=self.seed)
-            shards.set_epoch(epoch)
-        reader = S3Reader(shards, stream=True, even_ranks=self.even_ranks, config=self.config)
-        reader.apply_sharding(*_dist.instance(self._dist))
-        members = expand_shards(self, reader, _expand_any, resume and resume["shards"])
-        for name, data in members:
-            self._pos = {"epoch": epoch, "shards": self._pos}
-            yield name, data
-            self._pos = self._pos["shards"]
-        self._pos = ENDED
+            shards.set_epoch(start["epoch"])
+        reader = S3Reader(shards, stream=True, shard=self.shard, even_ranks=self.even_ranks, config=self.config)
+        if self.shard:
+            reader.apply_sharding(*_dist.instance(self._dist))
+        self._members = _Members(reader, skip_corrupt=self.skip_corrupt, skipped=self.skipped)
+        return Cursor(self._members, start["source"])
+
+    def _run(self, start: IterPos, src: Cursor) -> Iterator[tuple[str, bytes]]:
+        for item in src:
+            self._pos = {**start, "source": src.mark()}
+            yield item
 
 
 def _expand_any(url: str, f: Any) -> Iterator[tuple[str, bytes]]:
@@ -111,6 +145,16 @@ def _expand_any(url: str, f: Any) -> Iterator[tuple[str, bytes]]:
     else:
         with f:
             yield url, f.read()
+
+
+class _Members(ArchiveExpander):
+    """The members of ``S3IterableDataset``'s shards, as the plugin named them."""
+
+    expand = staticmethod(_expand_any)
+
+    def __init__(self, source_datapipe: S3Reader, skip_corrupt: bool, skipped: int) -> None:
+        super().__init__(source_datapipe, skip_corrupt)  # type: ignore[arg-type]
+        self.skipped = skipped
 
 
 class ShuffleDataset(IterableDataset[Any]):
@@ -140,7 +184,7 @@ class ShuffleDataset(IterableDataset[Any]):
         self._shuffler.load_state_dict(state)
 
     def __iter__(self) -> Iterator[Any]:
-        yield from self._shuffler  # lazily: StatefulDataLoader may load a state after iter()
+        return iter(self._shuffler)  # at once: a state taken right after iter() describes the new epoch
 
 
 def list_files(url: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The DataPipes of s3pipes, one a module; importing registers their functional names."""
 
-from ._state import install_loader_state
+from . import _torch_patch
 from .buffer_shuffler import BufferShuffler
 from .grouper import SampleGrouper
 from .lister import S3Lister
@@ -9,6 +9,6 @@ from .shard_shuffler import ShardShuffler
 from .tar import TarExpander
 from .zip import ZipExpander
 
-install_loader_state()
+_torch_patch.install()
 
 __all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]

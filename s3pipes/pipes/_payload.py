@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import logging
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, TypedDict, Union
 
 from ..errors import CorruptArchiveError
 from torch.utils.data import IterDataPipe
 
-from ._state import ENDED, Cursor, Resumable
+from ._state import Cursor, Mark, Resumable
 
 log = logging.getLogger("s3pipes")
 
@@ -39,8 +39,17 @@ def naming_corruption(kind: str, shard: str, errors: tuple[type[BaseException], 
         raise CorruptArchiveError(f"{shard}: corrupt {kind} archive{where}: {e}") from e
 
 
-class ArchiveExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
-    """Base of the archive pipes: ``expand`` (one archive's members) over each shard of the source."""
+class ExpandPos(TypedDict):
+    epoch: int
+    source: Mark | None  # the shard being expanded (or the next one)
+    members: int  # members of it yielded so far
+
+
+class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tuple[str, bytes]]):
+    """Base of the archive pipes: ``expand`` (one archive's members) over each shard of the source, so a
+    resumed epoch reopens only the shard it was in. With ``skip_corrupt``, a corrupt shard is logged as a
+    warning and counted in ``skipped`` (members it yielded before the damage stay delivered) instead of
+    ending the epoch."""
 
     expand: Expand
 
@@ -49,57 +58,42 @@ class ArchiveExpander(Resumable, IterDataPipe[tuple[str, bytes]]):
         self.skip_corrupt = skip_corrupt
         self.skipped = 0
 
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        return expand_shards(self, self.source_datapipe, type(self).expand, self._take_resume())
+    def _begin(self) -> ExpandPos:
+        return {"epoch": self.epoch, "source": None, "members": 0}
 
-
-def expand_shards(holder: Any, shards: Iterable[tuple[str, Payload]], expand: Expand,
-                  resume: dict[str, Any] | None) -> Iterator[tuple[str, bytes]]:
-    """Expand each shard in turn, keeping ``holder._pos`` (the shard's source position and the members
-    yielded from it) so a resumed epoch reopens only the shard it was in. With ``holder.skip_corrupt``,
-    a corrupt shard is logged as a warning and counted in ``holder.skipped`` (members it yielded before
-    the damage stay delivered) instead of ending the epoch."""
-    if resume == ENDED:
-        return holder._ended()
-    src = Cursor(shards, resume and resume["shard"])
-    done = resume["members"] if resume else 0
-    holder._pos = {"shard": src.mark(), "members": done}
-    return _expand(holder, src, expand, done)
+    def _run(self, start: ExpandPos, src: Cursor) -> Iterator[tuple[str, bytes]]:
+        done = start["members"]
+        while True:
+            mark = src.mark()
+            try:
+                shard, payload = next(src)
+            except StopIteration:
+                return
+            members = self.expand(shard, payload)
+            try:
+                for _ in range(done):  # delivered before the restart
+                    next(members, None)
+                current, error = next(members, _END), None
+                while current is not _END:
+                    # Reading one member ahead tells whether this one ends the shard: then a state taken
+                    # now points past the shard, and a restart does not download it again.
+                    try:
+                        following = next(members, _END)
+                    except CorruptArchiveError as e:
+                        following, error = _END, e
+                    done += 1
+                    last = following is _END
+                    self._pos = {**start, "source": src.mark() if last else mark, "members": 0 if last else done}
+                    yield current
+                    current = following
+                if error is not None:
+                    raise error
+            except CorruptArchiveError as e:
+                if not self.skip_corrupt:
+                    raise
+                self.skipped += 1
+                log.warning("skipping a corrupt shard (%d so far in this process): %s", self.skipped, e)
+            done = 0
 
 
 _END = object()
-
-
-def _expand(holder: Any, src: Cursor, expand: Expand, done: int) -> Iterator[tuple[str, bytes]]:
-    while True:
-        mark = src.mark()
-        try:
-            shard, payload = next(src)
-        except StopIteration:
-            break
-        members = expand(shard, payload)
-        try:
-            for _ in range(done):  # delivered before the restart
-                next(members, None)
-            current, error = next(members, _END), None
-            while current is not _END:
-                # Reading one member ahead tells whether this one ends the shard: then a state taken now
-                # points past the shard, and a restart does not download it again.
-                try:
-                    following = next(members, _END)
-                except CorruptArchiveError as e:
-                    following, error = _END, e
-                done += 1
-                last = following is _END
-                holder._pos = {"shard": src.mark() if last else mark, "members": 0 if last else done}
-                yield current
-                current = following
-            if error is not None:
-                raise error
-        except CorruptArchiveError as e:
-            if not holder.skip_corrupt:
-                raise
-            holder.skipped += 1
-            log.warning("skipping a corrupt shard (%d so far in this process): %s", holder.skipped, e)
-        done = 0
-    holder._pos = ENDED

@@ -3,51 +3,62 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-from ._state import ENDED, Epoched
+from ._state import P, Resumable, T
 
 
-class Seeded(Epoched):
-    """Mixin for shufflers. The seed of an epoch is, in order: the ``seed`` given by the user; the one
-    the DataLoader hands every worker and rank through ``set_seed`` (one shared seed per epoch); a draw
-    from torch's global RNG, so ``torch.manual_seed`` repeats a run. The epoch counts iterations and
-    can be set, as with ``DistributedSampler.set_epoch``.
+class Order(TypedDict):
+    """The part of a shuffler's position that fixes its order."""
 
-    The state records the epoch's seed: StatefulDataLoader hands resumed workers another shared seed
-    than the one they started the epoch with, and a resumed epoch must keep its order."""
+    epoch: int
+    seed: int
+
+
+class Seeded(Resumable[P, T]):
+    """Base of the shufflers. The order of an epoch is a function of (seed, epoch), whatever the number
+    of workers. The seed is, in order:
+
+    - the ``seed`` given by the user; the epoch then counts the iterations of this object (call
+      ``set_epoch`` each epoch where workers get a fresh copy, as with ``DistributedSampler``);
+    - the one the DataLoader hands every worker and rank through ``set_seed``: a new shared seed each
+      DataLoader epoch, drawn from torch's RNG. The epoch is then the one ``set_epoch`` gave (0 if none),
+      as torch's ``RandomSampler`` does: ``torch.manual_seed`` before each epoch repeats the order;
+    - else a draw from torch's RNG at each iteration.
+
+    The position records the epoch's seed: StatefulDataLoader hands resumed workers another shared
+    seed than the one they started the epoch with, and a resumed epoch must keep its order."""
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed
         self.enabled = True
         self._loader_seed: int | None = None
+        self._given_epoch = 0
 
-    def set_seed(self, seed: int) -> Seeded:
+    def set_seed(self, seed: int) -> Seeded[P, T]:
         self._loader_seed = seed
         return self
 
-    def set_shuffle(self, shuffle: bool = True) -> Seeded:
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self._given_epoch = epoch
+
+    def set_shuffle(self, shuffle: bool = True) -> Seeded[P, T]:
         """``DataLoader(shuffle=False)`` turns shuffling off through this."""
         self.enabled = shuffle
         return self
 
-    def _begin(self) -> dict[str, Any] | None:
-        """The record of the epoch starting now (``epoch``, ``seed``): the loaded one when resuming;
-        ``None`` when the loaded state is a finished epoch. The loader's seed is kept: StatefulDataLoader
-        may begin an iteration it then replaces with a loaded state, and the order mixes in the epoch."""
-        record = self._take_resume()
-        if record == ENDED:
-            return None
-        if record is None:
-            seed = self.seed if self.seed is not None else self._loader_seed
-            if seed is None:
-                seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            record = {"epoch": self.epoch, "seed": seed}
-        self.epoch = record["epoch"] + 1
-        return record
+    def _order(self) -> Order:
+        """The (epoch, seed) of the epoch beginning now."""
+        if self.seed is not None:
+            return {"epoch": self.epoch, "seed": self.seed}
+        if self._loader_seed is not None:
+            # Not this object's count of iterations: workers that are not persistent get a fresh copy
+            # each epoch, and the order must not depend on how many workers there are.
+            return {"epoch": self._given_epoch, "seed": self._loader_seed}
+        return {"epoch": self.epoch, "seed": int(torch.empty((), dtype=torch.int64).random_().item())}
 
     @staticmethod
-    def _rng(record: dict[str, Any]) -> random.Random:
-        return random.Random(f"s3pipes/{record['seed']}/{record['epoch']}")  # str seeds hash alike everywhere
+    def _rng(order: Any) -> random.Random:
+        return random.Random(f"s3pipes/{order['seed']}/{order['epoch']}")  # str seeds hash alike everywhere

@@ -1,68 +1,108 @@
-"""Mid-epoch state for torchdata's StatefulDataLoader, shared by the pipes.
+"""Where a pipe or wrapper is in its epoch: the one resume protocol of s3pipes.
 
-Each pipe's ``state_dict()`` says where its next item comes from in the current epoch, counting what
-it holds (a grouper's half-built sample, a shuffle buffer). A pipe resumes its source at the point
-recorded with the last item it yielded, so read-ahead is fetched again rather than lost, and only the
-shard being read when the state was taken is downloaded again.
+Every resumable pipe and wrapper derives from :class:`Resumable` and follows it the same way (as
+torchdata.nodes does with ``reset(state)``, ``next`` and ``get_state``):
 
-A pipe's ``__iter__`` settles its epoch (seed, source position) at once and returns a generator: a
-source position taken before the first item must already pin the epoch's seed, which a generator
-body would only draw at the first ``next``.
+- ``load_state_dict(state)`` keeps ``state`` for the next ``__iter__``: StatefulDataLoader restores a
+  dataset before it iterates it. A state taken meanwhile reports the loaded one unchanged.
+- ``__iter__`` settles the epoch at once: the loaded position or :meth:`Resumable._begin` (a new epoch),
+  and the source opened there (its ``__iter__`` settles its own epoch in turn, so the shuffle seeds of
+  the whole chain are pinned). It returns the generator :meth:`Resumable._run` that goes on from there.
+  ``__iter__`` is no generator function: StatefulDataLoader snapshots a worker right after ``iter()``,
+  before its first item (with persistent workers, as every epoch starts), and that snapshot must
+  already describe the new epoch.
+- ``_run`` replaces ``self._pos`` with its position after each item it yields (replaced, never changed
+  in place, so a state handed out stays as it was). After the epoch's last item the position is
+  ended (:func:`ended`): loaded, it yields nothing (a worker that ran out before the others must not
+  replay its share) but restores its sources, whose epochs go on; the iteration after it begins the
+  next epoch.
+
+A position is a plain dict (a TypedDict per pipe) that records its epoch: loader states are saved with
+``torch.save`` and read back with ``torch.load(weights_only=True)``, which refuses classes of ours.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Generic, Iterable, Iterator, TypedDict, TypeVar
 
 
-# The position after an epoch's last item. Resuming it yields nothing: a DataLoader worker that ran out
-# before the others must not replay its share when the loader resumes. The next iteration starts anew.
-ENDED = "ended"
+def ended(pos: Any) -> bool:
+    """Whether a position is after its epoch's last item."""
+    return isinstance(pos, dict) and bool(pos.get("ended"))
+
+T = TypeVar("T")
+P = TypeVar("P", bound=dict)  # a pipe's position: a TypedDict with at least "epoch" and "source"
+
+
+class Mark(TypedDict):
+    """How to get back to a point of a source: items pulled, and the source's own state if it has one."""
+
+    count: int
+    source: Any
+
+
+class State(TypedDict):
+    """What ``state_dict()`` returns: the epoch the next fresh iteration begins, and the position."""
+
+    epoch: int
+    pos: Any  # the pipe's position (ended or not), or None before any iteration
 
 
 def resumable(obj: object) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-class Resumable:
-    """``state_dict``/``load_state_dict`` over ``_pos``: the position in the current epoch (``None``
-    before any, ``ENDED`` after one). Pipes replace ``_pos`` rather than change it, so a state handed
-    out stays as it was. A loaded position waits in ``_resume`` for the next ``__iter__``, and is what
-    a state taken meanwhile reports."""
+class Resumable(Generic[P, T]):
+    """The template of every resumable pipe and wrapper: subclasses give :meth:`_begin` and :meth:`_run`."""
 
-    _pos: Any = None
-    _resume: Any = None
+    epoch: int = 0
+    _pos: Any = None  # P, an ended position, or None
+    _loaded: Any = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"pos": self._resume if self._resume is not None else self._pos}
+    def _begin(self) -> P:
+        """The position at the start of a new epoch, numbered ``self.epoch``, its source not yet opened."""
+        raise NotImplementedError
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = state["pos"]
+    def _source(self, start: P) -> Cursor:
+        """The source, opened at ``start["source"]`` (``None``: its start)."""
+        return Cursor(self.source_datapipe, start["source"])  # type: ignore[attr-defined]
 
-    def _take_resume(self) -> Any:
-        resume, self._resume = self._resume, None
-        return resume
+    def _run(self, start: P, src: Cursor) -> Iterator[T]:
+        """The items from ``start`` on, read from ``src``, setting ``self._pos`` before each is yielded."""
+        raise NotImplementedError
 
-    def _ended(self) -> Iterator[Any]:
-        """The iteration of a resumed, already finished epoch: nothing, and still finished."""
-        self._pos = ENDED
-        return iter(())
-
-
-class Epoched(Resumable):
-    """A resumable with an epoch counter, settable as with ``DistributedSampler.set_epoch``."""
-
-    epoch = 0
+    def _position(self) -> Any:
+        """The position now; a pipe that holds changing data (a buffer) builds it here."""
+        return self._pos
 
     def set_epoch(self, epoch: int) -> None:
+        """Number the next epoch, as with ``DistributedSampler.set_epoch``."""
         self.epoch = epoch
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, **super().state_dict()}
+    def state_dict(self) -> State:
+        return {"epoch": self.epoch, "pos": self._loaded if self._loaded is not None else self._position()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
-        super().load_state_dict(state)
+    def load_state_dict(self, state: State) -> None:
+        self.epoch, self._loaded = state["epoch"], state["pos"]
+
+    def __iter__(self) -> Iterator[T]:
+        loaded, self._loaded = self._loaded, None
+        start: Any = loaded if loaded is not None else self._begin()
+        self.epoch = start["epoch"] + 1
+        if ended(start):
+            if start["source"]["source"] is not None:  # a stateful source takes up its epochs from there
+                self._source(start)
+            self._pos = start
+            return iter(())
+        src = self._source(start)
+        if start["source"] is None:
+            start = {**start, "source": src.mark()}
+        self._pos = start
+        return self._epoch(start, src)
+
+    def _epoch(self, start: P, src: Cursor) -> Iterator[T]:
+        yield from self._run(start, src)
+        self._pos = {"epoch": start["epoch"], "source": src.mark(), "ended": True}
 
 
 class Cursor(Iterator[Any]):
@@ -70,7 +110,7 @@ class Cursor(Iterator[Any]):
     when it has one, else the count of items pulled (a restart then skips that many, which is cheap for
     the URL-level sources that lack state)."""
 
-    def __init__(self, source: Iterable[Any], mark: dict[str, Any] | None = None) -> None:
+    def __init__(self, source: Iterable[Any], mark: Mark | None = None) -> None:
         self.source, self.stateful = source, resumable(source)
         self.count = mark["count"] if mark else 0
         if mark and self.stateful:
@@ -85,61 +125,6 @@ class Cursor(Iterator[Any]):
         self.count += 1
         return item
 
-    def mark(self) -> dict[str, Any]:
+    def mark(self) -> Mark:
         state = self.source.state_dict() if self.stateful else None  # type: ignore[attr-defined]
         return {"count": self.count, "source": state}
-
-
-def _state_target(dp: object) -> Any:
-    """The pipe whose state stands for ``dp``'s: ``dp`` itself, or the first resumable pipe under a
-    chain of ``map``s (one item out per item in, nothing held), else ``None``."""
-    from torch.utils.data.datapipes.iter import Mapper
-
-    while isinstance(dp, Mapper):
-        dp = dp.datapipe
-    return dp if resumable(dp) else None
-
-
-def install_loader_state() -> None:
-    """Give torch's ``_IterDataPipeSerializationWrapper`` a state.
-
-    The DataLoader wraps every IterDataPipe in it, and StatefulDataLoader asks only the wrapper for a
-    state: without one it replays a resumed epoch from the start, downloading every finished shard
-    again. The wrapper now carries the state of the pipe it wraps when that pipe is resumable (ours,
-    also under ``.map``), else the count of items it yielded, which it skips after a restore.
-    """
-    from torch.utils.data.datapipes.datapipe import _IterDataPipeSerializationWrapper as Wrapper
-
-    if hasattr(Wrapper, "state_dict"):
-        return
-    plain_iter, plain_next = Wrapper.__iter__, Wrapper.__next__
-
-    def state_dict(self: Any) -> dict[str, Any]:
-        target = _state_target(self._datapipe)
-        if target is not None:
-            return {"pipe": target.state_dict()}
-        return {"yielded": getattr(self, "_s3pipes_yielded", 0) + getattr(self, "_s3pipes_skip", 0)}
-
-    def load_state_dict(self: Any, state: dict[str, Any]) -> None:
-        if "pipe" in state:
-            _state_target(self._datapipe).load_state_dict(state["pipe"])
-            if self._datapipe_iter is not None:  # StatefulDataLoader loads after iter(): start over from the state
-                self._datapipe_iter = iter(self._datapipe)
-        else:
-            self._s3pipes_skip = state["yielded"]
-
-    def __iter__(self: Any) -> Any:
-        self._s3pipes_yielded = 0
-        return plain_iter(self)
-
-    def __next__(self: Any) -> Any:
-        skip, self._s3pipes_skip = getattr(self, "_s3pipes_skip", 0), 0
-        for _ in range(skip):
-            plain_next(self)
-            self._s3pipes_yielded += 1
-        item = plain_next(self)
-        self._s3pipes_yielded += 1
-        return item
-
-    Wrapper.state_dict, Wrapper.load_state_dict = state_dict, load_state_dict
-    Wrapper.__iter__, Wrapper.__next__ = __iter__, __next__

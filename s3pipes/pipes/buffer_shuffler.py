@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sized
+from dataclasses import dataclass
 from typing import Any, Iterator, TypeVar
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._seeded import Seeded
-from ._state import ENDED, Cursor
+from ._seeded import Order, Seeded
+from ._state import Cursor, Mark
 
 T = TypeVar("T")
 
 
+class BufferPos(Order):
+    source: Mark | None  # where the next sample comes from
+    rng: Any  # random.Random's state after the last draw, or None at the start
+    buffer: dict[int, Any]  # slot -> sample held
+    draining: bool  # the source has ended; the buffer empties in a drawn order
+
+
+@dataclass
+class _Live:
+    """The running epoch's changing parts, read when a state is asked for."""
+
+    origin: BufferPos  # the position the run began from, while it is the pipe's position
+    start: BufferPos
+    src: Cursor
+    rng: random.Random
+    buffer: dict[int, Any]
+
+
 @functional_datapipe("shuffle_buffer")
-class BufferShuffler(Seeded, IterDataPipe[T]):
+class BufferShuffler(Seeded[BufferPos, T], IterDataPipe[T]):
     """Shuffles samples through a buffer of ``buffer_size`` (functional name: ``shuffle_buffer``):
     each incoming sample replaces a random one of the buffer, which is yielded. The order is fixed by
     the seed and epoch (see :class:`~s3pipes.pipes._seeded.Seeded`); memory is ``buffer_size`` samples.
@@ -34,24 +54,20 @@ class BufferShuffler(Seeded, IterDataPipe[T]):
         Seeded.__init__(self, seed)
         self.source_datapipe = source_datapipe
         self.buffer_size = buffer_size
-        self._live: list[Any] | None = None
+        self._live: _Live | None = None
 
-    def __iter__(self) -> Iterator[T]:
-        record = self._begin()
-        if record is None:
-            return self._ended()
-        src = Cursor(self.source_datapipe, record.get("source"))
-        rng = self._rng(record)
-        if "rng" in record:
-            rng.setstate(record["rng"])
+    def _begin(self) -> BufferPos:
+        return {**self._order(), "source": None, "rng": None, "buffer": {}, "draining": False}
+
+    def _run(self, start: BufferPos, src: Cursor) -> Iterator[T]:
+        rng = self._rng(start)
+        if start["rng"] is not None:
+            rng.setstate(start["rng"])
         # slot -> sample: StatefulDataLoader sends only the slots that changed since its last snapshot
-        buffer: dict[int, T] = dict(record.get("buffer", {}))
-        self._live = [record, src, rng, buffer]
-        return self._run(record, src, rng, buffer)
-
-    def _run(self, record: dict[str, Any], src: Cursor, rng: Any, buffer: dict[int, T]) -> Iterator[T]:
+        buffer: dict[int, T] = dict(start["buffer"])
+        self._live = _Live(start, start, src, rng, buffer)
         size = self.buffer_size if self.enabled else 0
-        if not record.get("draining"):
+        if not start["draining"]:
             for item in src:
                 if len(buffer) < size:
                     buffer[len(buffer)] = item
@@ -62,21 +78,21 @@ class BufferShuffler(Seeded, IterDataPipe[T]):
                 i = rng.randrange(size)
                 out, buffer[i] = buffer[i], item
                 yield out
-            self._live[0] = {**record, "draining": True}  # type: ignore[index]
+            self._live.start = {**start, "draining": True}
             order = list(buffer.values())
             rng.shuffle(order)
             buffer.clear()
             buffer.update(enumerate(order))
         while buffer:
             yield buffer.pop(len(buffer) - 1)
-        self._live, self._pos = None, ENDED
 
-    def state_dict(self) -> dict[str, Any]:
-        if self._live is None or self._resume is not None:
-            return super().state_dict()
-        record, src, rng, buffer = self._live
-        pos = {**record, "source": src.mark(), "rng": rng.getstate(), "buffer": dict(buffer)}
-        return {"epoch": self.epoch, "pos": pos}
+    def _position(self) -> Any:
+        """Built when asked: the buffer changes in place with every sample, and copying it for each
+        would cost more than the samples."""
+        live = self._live
+        if live is None or live.origin is not self._pos:  # not begun, ended, or a run given up on
+            return self._pos
+        return {**live.start, "source": live.src.mark(), "rng": live.rng.getstate(), "buffer": dict(live.buffer)}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_live": None}  # a live iteration holds generators, which do not pickle

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._state import ENDED, Cursor, Resumable
+from ._state import Cursor, Mark, Resumable
+
+
+class GroupPos(TypedDict):
+    epoch: int
+    source: Mark | None  # the first member of the next sample
 
 
 @functional_datapipe("group_samples")
-class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
+class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, Any]]):
     """Groups consecutive ``(name, bytes)`` members that share a basename into one sample
     (functional name: ``group_samples``), as webdataset shards are laid out: ``s00013.cls`` and
     ``s00013.png`` become ``{"__key__": "s00013", "__url__": <shard>, "cls": b"3", "png": b"..."}``.
@@ -31,17 +36,12 @@ class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
     def __init__(self, source_datapipe: IterDataPipe[tuple[str, Any]]) -> None:
         self.source_datapipe = source_datapipe
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        resume = self._take_resume()
-        if resume == ENDED:
-            return self._ended()
-        src = Cursor(self.source_datapipe, resume)
-        self._pos = src.mark()
-        return self._run(src)
+    def _begin(self) -> GroupPos:
+        return {"epoch": self.epoch, "source": None}
 
-    def _run(self, src: Cursor) -> Iterator[dict[str, Any]]:
+    def _run(self, start: GroupPos, src: Cursor) -> Iterator[dict[str, Any]]:
+        before = start  # where the member just pulled came from: a sample is resumed from its first member
         sample: dict[str, Any] | None = None
-        before = self._pos  # where the member just pulled came from: a sample is resumed from its first member
         for name, data in src:
             where, _, base = name.rpartition("/")
             key, _, ext = base.partition(".")
@@ -54,8 +54,7 @@ class SampleGrouper(Resumable, IterDataPipe[dict[str, Any]]):
                 raise ValueError(f"{name}: sample {key!r} already has a {ext!r} member; members of one "
                                  f"sample must be consecutive and distinct")
             sample[ext] = data
-            before = src.mark()
+            before = {**start, "source": src.mark()}
         if sample is not None:
-            self._pos = src.mark()
+            self._pos = {**start, "source": src.mark()}
             yield sample
-        self._pos = ENDED

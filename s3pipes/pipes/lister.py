@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypedDict
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
@@ -12,11 +12,17 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 from ..config import S3Config
 from ..s3 import S3Client
 from ..stores import client_for
-from ._state import ENDED, Resumable
+from ._state import Cursor, Mark, Resumable
+
+
+class ListPos(TypedDict):
+    epoch: int
+    source: Mark | None
+    yielded: int  # URLs yielded so far
 
 
 @functional_datapipe("list_s3")
-class S3Lister(Resumable, IterDataPipe[str]):
+class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
     """Lists the objects under each prefix, in key order, fetching pages as they are consumed
     (functional name: ``list_s3``).
 
@@ -47,17 +53,15 @@ class S3Lister(Resumable, IterDataPipe[str]):
         self.masks = [masks] if isinstance(masks, str) else list(masks)
         self.client = S3Client(config)
 
-    def __iter__(self) -> Iterator[str]:
-        resume = self._take_resume()
-        if resume == ENDED:
-            return self._ended()
-        done = resume["yielded"] if resume else 0
-        self._pos = {"yielded": done}
-        return self._run(done)
+    def _begin(self) -> ListPos:
+        return {"epoch": self.epoch, "source": None, "yielded": 0}
 
-    def _run(self, skip: int) -> Iterator[str]:
-        done = skip
-        for prefix in self.source_datapipe:
+    def _source(self, start: ListPos) -> Cursor:
+        return Cursor(self.source_datapipe)  # the prefixes are listed again: skipping by URL is exact
+
+    def _run(self, start: ListPos, src: Cursor) -> Iterator[str]:
+        skip = done = start["yielded"]
+        for prefix in src:
             found = False
             for obj in client_for(prefix, self.client.config).list(prefix):
                 name = obj.url.rsplit("/", 1)[-1]
@@ -67,8 +71,7 @@ class S3Lister(Resumable, IterDataPipe[str]):
                         skip -= 1
                         continue
                     done += 1
-                    self._pos = {"yielded": done}
+                    self._pos = {**start, "yielded": done}
                     yield obj.url
             if not found:
                 raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
-        self._pos = ENDED

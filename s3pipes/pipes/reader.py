@@ -6,7 +6,7 @@ import itertools
 import logging
 from collections import defaultdict, deque
 from collections.abc import Sized
-from typing import Any, BinaryIO, Iterable, Iterator, Union
+from typing import Any, BinaryIO, Iterable, Iterator, TypedDict, Union
 
 from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
@@ -18,15 +18,21 @@ from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
 from ..stores import client_for
-from ._state import ENDED, Cursor, Resumable
+from ._state import Cursor, Mark, Resumable
 
 log = logging.getLogger(__name__)
 
 Payload = Union[bytes, BinaryIO]
 
 
+class ReadPos(TypedDict):
+    epoch: int
+    source: Mark | None  # after the last object of an unbroken run of delivered ones
+    done: list[int]  # source indices delivered beyond it, out of order (ordered=False)
+
+
 @functional_datapipe("read_s3")
-class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
+class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, Payload]]):
     """Reads each object URL into ``(url, bytes)``, or ``(url, file)`` with ``stream=True``
     (functional name: ``read_s3``).
 
@@ -90,7 +96,7 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
         info = get_worker_info()
         return self.num_instances // (info.num_workers if info is not None else 1)
 
-    def _mine(self, src: Cursor, done: set[int]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    def _mine(self, src: Cursor, done: set[int]) -> Iterator[tuple[str, int, Mark]]:
         """This instance's URLs with their index in the source and the source position after them."""
         own = ((url, src.count - 1, src.mark()) for url in src
                if (src.count - 1) % self.num_instances == self.instance_id and src.count - 1 not in done)
@@ -126,17 +132,12 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
         store = client_for(url, self.client.config)
         return self.cache.open(url, store) if self.cache else store.open(url)  # type: ignore[return-value]
 
-    def __iter__(self) -> Iterator[tuple[str, Payload]]:
-        resume = self._take_resume()
-        if resume == ENDED:
-            return self._ended()
-        src = Cursor(self.source_datapipe, resume and resume["source"])
-        progress = _Progress(src.mark(), resume["done"] if resume else ())
-        self._pos = progress.state()
-        return self._run(self._mine(src, progress.done), progress)
+    def _begin(self) -> ReadPos:
+        return {"epoch": self.epoch, "source": None, "done": []}
 
-    def _run(self, own: Iterator[tuple[str, int, dict[str, Any]]], progress: _Progress) -> Iterator[tuple[str, Payload]]:
-        own = progress.track(own)
+    def _run(self, start: ReadPos, src: Cursor) -> Iterator[tuple[str, Payload]]:
+        progress = _Progress(start)
+        own = progress.track(self._mine(src, progress.done))
         if self.stream:
             for url, index, _ in own:
                 self._pos = progress.delivered(index)
@@ -152,7 +153,6 @@ class S3Reader(Resumable, IterDataPipe[tuple[str, Payload]]):
             for url, data in self._read_many(urls()):
                 self._pos = progress.delivered(waiting[url].popleft())
                 yield url, data
-        self._pos = ENDED
 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
@@ -174,22 +174,22 @@ class _Progress:
     """Where a resumed reader goes on: the source position after the last object of an unbroken run of
     delivered ones, plus the objects delivered beyond it out of order (``ordered=False``)."""
 
-    def __init__(self, base: dict[str, Any], done: Iterable[int]) -> None:
-        self.base, self.done = base, set(done)
+    def __init__(self, start: ReadPos) -> None:
+        self.start, self.base, self.done = start, start["source"], set(start["done"])
         self.pending: dict[int, list[Any]] = {}  # index -> [position after it, delivered], in index order
 
-    def track(self, own: Iterator[tuple[str, int, dict[str, Any]]]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    def track(self, own: Iterator[tuple[str, int, Mark]]) -> Iterator[tuple[str, int, Mark]]:
         for item in own:
             self.pending[item[1]] = [item[2], False]
             yield item
 
-    def delivered(self, index: int) -> dict[str, Any]:
+    def delivered(self, index: int) -> ReadPos:
         self.pending[index][1] = True
         while self.pending and self.pending[first := next(iter(self.pending))][1]:
             self.base = self.pending.pop(first)[0]
         return self.state()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> ReadPos:
         beyond = {i for i in self.done if i >= self.base["count"]}
         beyond.update(i for i, (_, delivered) in self.pending.items() if delivered)
-        return {"source": self.base, "done": sorted(beyond)}
+        return {**self.start, "source": self.base, "done": sorted(beyond)}

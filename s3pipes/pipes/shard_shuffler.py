@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sized
-from typing import Any, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
-from ._seeded import Seeded
-from ._state import ENDED
+from ._seeded import Order, Seeded
+from ._state import Cursor, Mark
 
 T = TypeVar("T")
 
 
+class ShardOrder(Order):
+    source: Mark | None  # the source's start: it is read whole, and again on resume
+    yielded: int  # items of the epoch's order yielded so far
+
+
 @functional_datapipe("shuffle_shards")
-class ShardShuffler(Seeded, IterDataPipe[T]):
+class ShardShuffler(Seeded[ShardOrder, T], IterDataPipe[T]):
     """Shuffles the whole list of shards (or objects) once per epoch (functional name: ``shuffle_shards``).
 
     Every DataLoader worker and ``torch.distributed`` rank computes the same order, so ``read_s3``
@@ -35,23 +40,18 @@ class ShardShuffler(Seeded, IterDataPipe[T]):
         Seeded.__init__(self, seed)
         self.source_datapipe = source_datapipe
 
-    def __iter__(self) -> Iterator[T]:
-        record = self._begin()
-        if record is None:
-            return self._ended()
-        self._pos = {**record, "yielded": record.get("yielded", 0)}
-        return self._run(record)
+    def _begin(self) -> ShardOrder:
+        return {**self._order(), "source": None, "yielded": 0}
 
-    def _run(self, record: dict[str, Any]) -> Iterator[T]:
-        items = list(self.source_datapipe)
+    def _run(self, start: ShardOrder, src: Cursor) -> Iterator[T]:
+        items = list(src)
         if self.enabled:
-            self._rng(record).shuffle(items)
-        done = record.get("yielded", 0)
+            self._rng(start).shuffle(items)
+        done = start["yielded"]
         for item in items[done:]:
             done += 1
-            self._pos = {**record, "yielded": done}
+            self._pos = {**start, "yielded": done}
             yield item
-        self._pos = ENDED
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):
