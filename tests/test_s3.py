@@ -15,7 +15,7 @@ import pytest
 from faultproxy import Fault, FaultProxy
 
 from s3pipes import BucketNotFoundError, ObjectChangedError, S3Client, S3Config, S3Url, parse_url
-from s3pipes.s3 import DEFAULT_REGION, _engine, _resolve
+from s3pipes.s3.env import DEFAULT_REGION, engine_name, resolve
 
 MiB = 1 << 20
 
@@ -69,13 +69,13 @@ def test_region_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  
     monkeypatch.setenv("AWS_CONFIG_FILE", str(cfgfile))
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(var, raising=False)
-    assert _resolve(S3Config()).region == DEFAULT_REGION == "us-west-2"
-    assert _resolve(S3Config(profile="p")).region == "eu-west-3"
+    assert resolve(S3Config()).region == DEFAULT_REGION == "us-west-2"
+    assert resolve(S3Config(profile="p")).region == "eu-west-3"
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
-    assert _resolve(S3Config(profile="p")).region == "ap-south-1"
+    assert resolve(S3Config(profile="p")).region == "ap-south-1"
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    assert _resolve(S3Config(profile="p")).region == "eu-central-1"
-    assert _resolve(S3Config(region="sa-east-1", profile="p")).region == "sa-east-1"
+    assert resolve(S3Config(profile="p")).region == "eu-central-1"
+    assert resolve(S3Config(region="sa-east-1", profile="p")).region == "sa-east-1"
 
 
 def test_unknown_profile_is_a_clear_error() -> None:
@@ -86,17 +86,17 @@ def test_unknown_profile_is_a_clear_error() -> None:
 def test_endpoint_precedence_and_path_style(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
-    r = _resolve(S3Config())
+    r = resolve(S3Config())
     assert r.endpoint_url is None and r.path_style is False
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://c")
-    assert _resolve(S3Config()).endpoint_url == "http://c"
+    assert resolve(S3Config()).endpoint_url == "http://c"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://b")
-    assert _resolve(S3Config()).endpoint_url == "http://b"
+    assert resolve(S3Config()).endpoint_url == "http://b"
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://a")
-    r = _resolve(S3Config())
+    r = resolve(S3Config())
     assert r.endpoint_url == "http://a" and r.path_style is True
-    assert _resolve(S3Config(endpoint_url="http://z")).endpoint_url == "http://z"
-    assert _resolve(S3Config(endpoint_url="http://z", path_style=False)).path_style is False
+    assert resolve(S3Config(endpoint_url="http://z")).endpoint_url == "http://z"
+    assert resolve(S3Config(endpoint_url="http://z", path_style=False)).path_style is False
 
 
 def test_config_validates() -> None:
@@ -416,7 +416,7 @@ def test_stalled_server_is_a_timeout_error(endpoint: str, bucket: str) -> None:
 
 def _read_in_child(client: S3Client, url: str, q) -> None:  # noqa: ANN001
     try:
-        q.put((os.getpid(), client.read(url), _engine(client.config)))
+        q.put((os.getpid(), client.read(url), engine_name(client.config)))
     except Exception as e:  # noqa: BLE001 - report anything to the parent
         q.put((os.getpid(), repr(e), ""))
 
@@ -493,7 +493,7 @@ def test_read_many_large_objects_in_parts_under_a_small_budget(big: tuple[str, b
 def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
     from concurrent.futures import CancelledError, ThreadPoolExecutor
 
-    from s3pipes._native import Budget
+    from s3pipes.s3.engine import Budget
 
     b = Budget(10)
     assert b.take(0, 8) == 8
