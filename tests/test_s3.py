@@ -313,6 +313,46 @@ def test_missing_key(bucket: str) -> None:
         assert f"{url}: no such object" in str(e.value)
 
 
+def test_missing_key_hint_names_a_real_function(bucket: str) -> None:
+    import re
+
+    import s3pipes
+
+    with pytest.raises(FileNotFoundError) as e:
+        S3Client().read(f"s3://{bucket}/missing.bin")
+    named = re.search(r"s3pipes\.(\w+)", str(e.value))
+    assert named and callable(getattr(s3pipes, named.group(1), None)), str(e.value)
+
+
+def test_error_table_maps_each_code_from_real_requests(bucket: str, put) -> None:  # noqa: ANN001
+    """Requests moto really refuses, through both engines: the code picks the exception."""
+    s3 = S3Client()
+    url = put(f"s3://{bucket}/k", b"0123456789")
+    refusals = [
+        (BucketNotFoundError, "does not exist", lambda: s3.read("s3://no-such-bucket-s3pipes/k")),
+        (FileNotFoundError, "no such object", lambda: s3.read(f"s3://{bucket}/missing")),
+        (ObjectChangedError, "the object changed", lambda: s3.range_buffers(parse_url(url), 0, 5, '"stale"')),
+        (ValueError, "outside the object", lambda: s3.read_range(url, 20, 30)),
+    ]
+    for exc, words, call in refusals:
+        with pytest.raises(exc, match=words):
+            call()
+
+
+@pytest.mark.parametrize("code, status, exc", [
+    ("NoSuchBucket", 404, BucketNotFoundError), ("NoSuchKey", 404, FileNotFoundError),
+    ("404", 404, FileNotFoundError), ("AccessDenied", 403, PermissionError), ("403", 403, PermissionError),
+    ("InvalidAccessKeyId", 403, PermissionError), ("PermanentRedirect", 301, ValueError),
+    ("PreconditionFailed", 412, ObjectChangedError), ("InvalidRange", 416, ValueError),
+    ("SlowDown", 503, ConnectionError), ("InternalError", 500, ConnectionError), ("InvalidRequest", 400, OSError),
+])
+def test_error_table_rows(code: str, status: int, exc: type) -> None:
+    from s3pipes.s3.errors import Failure, translate
+
+    err = translate(Failure("status", "detail", status, code, "msg"), "s3://b/k", "read the object")
+    assert type(err) is exc and str(err).startswith("s3://b/k: ")
+
+
 def test_no_credentials_says_what_to_set(monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
