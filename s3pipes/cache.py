@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import IO, Iterator
 
-from .stores import Client
+from .stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ShardCache:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
             yield
 
-    def path(self, url: str, store: Client) -> str:
+    def path(self, url: str, store: Store) -> str:
         """The local copy of ``url``, downloaded from ``store`` when it is not cached yet."""
         path, stripe = self._file(url)
         try:
@@ -78,7 +78,7 @@ class ShardCache:
         self._evict(keep=path)
         return path
 
-    def _download(self, url: str, store: Client, path: str) -> None:
+    def _download(self, url: str, store: Store, path: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, store.open(url) as src:
@@ -112,7 +112,7 @@ class ShardCache:
                 total -= size
                 log.debug("evicted %s", path)
 
-    def open(self, url: str, store: Client) -> IO[bytes]:
+    def open(self, url: str, store: Store) -> IO[bytes]:
         """The cached shard as a local file (downloaded first on a miss)."""
         for _ in range(3):
             try:
@@ -121,7 +121,7 @@ class ShardCache:
                 continue  # evicted by another worker between the download and the open
         raise FileNotFoundError(f"{url}: evicted from {self.directory} as soon as it was cached; raise max_bytes")
 
-    def read(self, url: str, store: Client) -> bytes:
+    def read(self, url: str, store: Store) -> bytes:
         with self.open(url, store) as f:
             return f.read()
 

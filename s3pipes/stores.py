@@ -1,18 +1,45 @@
 """The one place that knows the protocol: :func:`client_for` gives :class:`~s3pipes.s3.S3Client` for
 ``s3://`` and an fsspec-backed :class:`FsspecClient` with the same methods for anything else (plain local
 paths, ``file://``, ``memory://``, and any protocol an installed fsspec plugin adds, e.g. ``gs://``).
+Both are a :class:`Store`, and the pipes use nothing else of them.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol
 
 import fsspec
 from fsspec.core import url_to_fs
 
+from ._concurrent import imap
 from .config import S3Config
 from .s3 import ObjectInfo, S3Client, S3Url
+
+# Reads FsspecClient.read_many runs at once when not told: enough to hide a network filesystem's
+# latency, few enough for a local disk.
+_CONCURRENCY = 16
+
+
+class Store(Protocol):
+    """What :func:`client_for` returns for any URL: the methods the pipes, datasets and cache use."""
+
+    def list(self, url: str) -> Iterator[ObjectInfo]: ...
+
+    def size(self, url: str) -> int: ...
+
+    def exists(self, url: str) -> bool: ...
+
+    def read(self, url: str) -> bytes: ...
+
+    def read_range(self, url: str, start: int, end: int) -> bytes: ...
+
+    def read_many(self, urls: Iterable[str], concurrency: int | None = None,
+                  ordered: bool = True) -> Iterator[tuple[str, bytes]]: ...
+
+    def open(self, url: str) -> BinaryIO: ...
+
+    def open_write(self, url: str) -> ContextManager[IO[bytes]]: ...
 
 
 class FsspecClient:
@@ -34,6 +61,13 @@ class FsspecClient:
     def __repr__(self) -> str:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return f"FsspecClient(protocol={protocol!r})"
+
+    # Equal over one filesystem, like S3Client over one config, so runs of URLs can be grouped by store.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FsspecClient) and other.fs == self.fs
+
+    def __hash__(self) -> int:
+        return hash(self.fs)
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -79,7 +113,13 @@ class FsspecClient:
         with self._naming(url):
             return bytes(self.fs.cat_file(self._path(url), start, end))
 
-    def open(self, url: str) -> IO[bytes]:
+    def read_many(self, urls: Iterable[str], concurrency: int | None = None,
+                  ordered: bool = True) -> Iterator[tuple[str, bytes]]:
+        """``(url, bytes)`` for each URL, ``concurrency`` reads (default 16) at once in threads, in
+        input order unless ``ordered=False``; URLs are pulled only as slots free up."""
+        return imap(self.read, urls, concurrency or _CONCURRENCY, ordered)
+
+    def open(self, url: str) -> BinaryIO:
         with self._naming(url):
             return self.fs.open(self._path(url), "rb")
 
@@ -93,10 +133,7 @@ class FsspecClient:
             yield f
 
 
-Client = Union[S3Client, FsspecClient]
-
-
-def client_for(url: str, config: S3Config | None = None, **storage_options: Any) -> Client:
+def client_for(url: str, config: S3Config | None = None, **storage_options: Any) -> Store:
     """The client for ``url``'s protocol: S3 (configured by ``config``) for ``s3://``, fsspec
     (configured by ``storage_options``) for everything else.
 

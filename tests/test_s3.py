@@ -15,7 +15,7 @@ import pytest
 from faultproxy import Fault, FaultProxy
 
 from s3pipes import BucketNotFoundError, ObjectChangedError, S3Client, S3Config, S3Url, parse_url
-from s3pipes.s3 import DEFAULT_REGION, _engine, _resolve
+from s3pipes.s3.env import DEFAULT_REGION, engine_name, resolve
 
 MiB = 1 << 20
 
@@ -69,13 +69,13 @@ def test_region_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  
     monkeypatch.setenv("AWS_CONFIG_FILE", str(cfgfile))
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(var, raising=False)
-    assert _resolve(S3Config()).region == DEFAULT_REGION == "us-west-2"
-    assert _resolve(S3Config(profile="p")).region == "eu-west-3"
+    assert resolve(S3Config()).region == DEFAULT_REGION == "us-west-2"
+    assert resolve(S3Config(profile="p")).region == "eu-west-3"
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
-    assert _resolve(S3Config(profile="p")).region == "ap-south-1"
+    assert resolve(S3Config(profile="p")).region == "ap-south-1"
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    assert _resolve(S3Config(profile="p")).region == "eu-central-1"
-    assert _resolve(S3Config(region="sa-east-1", profile="p")).region == "sa-east-1"
+    assert resolve(S3Config(profile="p")).region == "eu-central-1"
+    assert resolve(S3Config(region="sa-east-1", profile="p")).region == "sa-east-1"
 
 
 def test_unknown_profile_is_a_clear_error() -> None:
@@ -86,17 +86,17 @@ def test_unknown_profile_is_a_clear_error() -> None:
 def test_endpoint_precedence_and_path_style(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
-    r = _resolve(S3Config())
+    r = resolve(S3Config())
     assert r.endpoint_url is None and r.path_style is False
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://c")
-    assert _resolve(S3Config()).endpoint_url == "http://c"
+    assert resolve(S3Config()).endpoint_url == "http://c"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://b")
-    assert _resolve(S3Config()).endpoint_url == "http://b"
+    assert resolve(S3Config()).endpoint_url == "http://b"
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://a")
-    r = _resolve(S3Config())
+    r = resolve(S3Config())
     assert r.endpoint_url == "http://a" and r.path_style is True
-    assert _resolve(S3Config(endpoint_url="http://z")).endpoint_url == "http://z"
-    assert _resolve(S3Config(endpoint_url="http://z", path_style=False)).path_style is False
+    assert resolve(S3Config(endpoint_url="http://z")).endpoint_url == "http://z"
+    assert resolve(S3Config(endpoint_url="http://z", path_style=False)).path_style is False
 
 
 def test_config_validates() -> None:
@@ -313,6 +313,46 @@ def test_missing_key(bucket: str) -> None:
         assert f"{url}: no such object" in str(e.value)
 
 
+def test_missing_key_hint_names_a_real_function(bucket: str) -> None:
+    import re
+
+    import s3pipes
+
+    with pytest.raises(FileNotFoundError) as e:
+        S3Client().read(f"s3://{bucket}/missing.bin")
+    named = re.search(r"s3pipes\.(\w+)", str(e.value))
+    assert named and callable(getattr(s3pipes, named.group(1), None)), str(e.value)
+
+
+def test_error_table_maps_each_code_from_real_requests(bucket: str, put) -> None:  # noqa: ANN001
+    """Requests moto really refuses, through both engines: the code picks the exception."""
+    s3 = S3Client()
+    url = put(f"s3://{bucket}/k", b"0123456789")
+    refusals = [
+        (BucketNotFoundError, "does not exist", lambda: s3.read("s3://no-such-bucket-s3pipes/k")),
+        (FileNotFoundError, "no such object", lambda: s3.read(f"s3://{bucket}/missing")),
+        (ObjectChangedError, "the object changed", lambda: s3.range_buffers(parse_url(url), 0, 5, '"stale"')),
+        (ValueError, "outside the object", lambda: s3.read_range(url, 20, 30)),
+    ]
+    for exc, words, call in refusals:
+        with pytest.raises(exc, match=words):
+            call()
+
+
+@pytest.mark.parametrize("code, status, exc", [
+    ("NoSuchBucket", 404, BucketNotFoundError), ("NoSuchKey", 404, FileNotFoundError),
+    ("404", 404, FileNotFoundError), ("AccessDenied", 403, PermissionError), ("403", 403, PermissionError),
+    ("InvalidAccessKeyId", 403, PermissionError), ("PermanentRedirect", 301, ValueError),
+    ("PreconditionFailed", 412, ObjectChangedError), ("InvalidRange", 416, ValueError),
+    ("SlowDown", 503, ConnectionError), ("InternalError", 500, ConnectionError), ("InvalidRequest", 400, OSError),
+])
+def test_error_table_rows(code: str, status: int, exc: type) -> None:
+    from s3pipes.s3.errors import Failure, translate
+
+    err = translate(Failure("status", "detail", status, code, "msg"), "s3://b/k", "read the object")
+    assert type(err) is exc and str(err).startswith("s3://b/k: ")
+
+
 def test_no_credentials_says_what_to_set(monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -416,7 +456,7 @@ def test_stalled_server_is_a_timeout_error(endpoint: str, bucket: str) -> None:
 
 def _read_in_child(client: S3Client, url: str, q) -> None:  # noqa: ANN001
     try:
-        q.put((os.getpid(), client.read(url), _engine(client.config)))
+        q.put((os.getpid(), client.read(url), engine_name(client.config)))
     except Exception as e:  # noqa: BLE001 - report anything to the parent
         q.put((os.getpid(), repr(e), ""))
 
@@ -493,7 +533,7 @@ def test_read_many_large_objects_in_parts_under_a_small_budget(big: tuple[str, b
 def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
     from concurrent.futures import CancelledError, ThreadPoolExecutor
 
-    from s3pipes._native import Budget
+    from s3pipes.s3.engine import Budget
 
     b = Budget(10)
     assert b.take(0, 8) == 8

@@ -102,3 +102,21 @@ def test_chain_exactly_once_with_0_and_2_workers(root: str, kind: str, stream: b
         assert collections.Counter(s["__key__"] for s in got) == collections.Counter(set(want.values())), workers
         assert {f"{s['__url__']}/{s['__key__']}.png" for s in got} == {n for n in want if n.endswith(".png")}
         assert all(label_of(s["png"]) == int(s["cls"]) for s in got), "labels stay with their images"
+
+
+def test_reader_mixes_s3_and_local_in_order(bucket: str, tmp_path) -> None:  # noqa: ANN001
+    s3_url = f"s3://{bucket}/a.bin"
+    S3Client().write(s3_url, b"from s3")
+    (tmp_path / "b.bin").write_bytes(b"from disk")
+    local = str(tmp_path / "b.bin")
+    urls = [s3_url, local, local, s3_url]
+    assert list(IterableWrapper(urls).read_s3()) == [
+        (s3_url, b"from s3"), (local, b"from disk"), (local, b"from disk"), (s3_url, b"from s3")]
+
+
+def test_every_store_satisfies_the_protocol(tmp_path) -> None:  # noqa: ANN001
+    from s3pipes.stores import Store
+
+    for store in (s3pipes.client_for("s3://b/k"), s3pipes.client_for(str(tmp_path))):
+        missing = [name for name in Store.__dict__ if not name.startswith("_") and not hasattr(store, name)]
+        assert not missing, f"{store!r} lacks {missing}"

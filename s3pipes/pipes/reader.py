@@ -116,17 +116,14 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         return self.cache.read(url, store) if self.cache else store.read(url)
 
     def _read_many(self, urls: Iterator[str]) -> Iterator[tuple[str, bytes]]:
-        """S3 objects through ``S3Client.read_many`` (many in flight on the native engine); cached or
-        non-S3 objects one per thread, ``concurrency`` at a time."""
-        first = next(urls, None)
-        if first is None:
-            return
-        urls = itertools.chain([first], urls)
-        store = client_for(first, self.client.config)
-        if self.cache is None and isinstance(store, S3Client):
-            yield from store.read_many(urls, self.concurrency, self.ordered)
-        else:
+        """Each run of consecutive URLs of one store through that store's ``read_many`` (many GETs in
+        flight on one S3 client), so a source may mix stores and keep its order; cached objects one per
+        thread, ``concurrency`` at a time."""
+        if self.cache is not None:
             yield from imap(self._read, urls, self.concurrency, self.ordered)
+            return
+        for store, run in itertools.groupby(urls, lambda url: client_for(url, self.client.config)):
+            yield from store.read_many(run, self.concurrency, self.ordered)
 
     def _open(self, url: str) -> BinaryIO:
         store = client_for(url, self.client.config)

@@ -1,0 +1,114 @@
+"""Retries for both engines: one backoff (:func:`~s3pipes.config.retry_delay`), given to botocore's
+retry handler and used by obstore's request loop, and one resume of a broken response body."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import botocore.retries.standard as retries
+
+from ..config import retry_delay
+from .errors import Failure
+
+if TYPE_CHECKING:
+    from .engine import Engine, Response
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Bodies up to this size are collected in one call (a break re-reads them whole); larger ones are
+# streamed chunk by chunk so that a break resumes from the byte reached.
+_WHOLE = 256 << 10
+
+
+class _Backoff(retries.BaseRetryBackoff):
+    """:func:`~s3pipes.config.retry_delay` for botocore."""
+
+    def __init__(self, detector: retries.ThrottlingErrorDetector) -> None:
+        self._detector = detector
+
+    def delay_amount(self, context: retries.RetryContext) -> float:
+        return retry_delay(context.attempt_number, self._detector.is_throttling_error_from_context(context))
+
+
+class _NoQuota:
+    """botocore stops retrying once a per-client token bucket runs dry, which a burst of 503s across 64
+    requests in flight does; a training job would then fail on a passing fault. Attempts bound retries."""
+
+    def acquire_retry_quota(self, context: retries.RetryContext) -> bool:
+        return True
+
+
+def install_retries(client: Any, max_attempts: int) -> None:
+    """botocore's standard retry conditions (5xx, throttling, connection errors, timeouts) with our backoff."""
+    adapter = retries.RetryEventAdapter()
+    policy = retries.RetryPolicy(
+        retry_checker=retries.StandardRetryConditions(max_attempts=max_attempts),
+        retry_backoff=_Backoff(retries.ThrottlingErrorDetector(adapter)),
+    )
+    handler = retries.RetryHandler(policy, adapter, _NoQuota())
+    client.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+    client.meta.events.register("needs-retry.s3", handler.needs_retry, unique_id="retry-config-s3")
+
+
+def retrying(call: Callable[[], T], attempts: int, errors: tuple[type[BaseException], ...],
+             failure: Callable[[BaseException, int], Failure]) -> T:
+    """``call()``, repeated up to ``attempts`` times while what it raises (one of ``errors``, made a
+    :class:`Failure` by ``failure(error, attempt)``) may be retried; for a client with no retries of its own."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except errors as e:
+            f = failure(e, attempt)
+            if not f.retryable or attempt == attempts:
+                raise f from e
+        time.sleep(retry_delay(attempt, f.throttled))
+    raise AssertionError("unreachable")
+
+
+class Breaks:
+    """Counts broken response bodies of one read. A body that delivers ``_PROGRESS`` bytes before it
+    breaks earns the attempts back, so a long stream survives scattered faults but not a dead server."""
+
+    _PROGRESS = 1 << 20
+
+    def __init__(self, url: object, attempts: int) -> None:
+        self.url, self.attempts, self.left, self.mark = url, attempts, attempts, -1
+
+    def broke(self, pos: int, cause: BaseException) -> None:
+        if self.mark >= 0 and pos - self.mark >= self._PROGRESS:
+            self.left = self.attempts
+        self.mark = pos
+        self.left -= 1
+        if self.left <= 0:
+            raise ConnectionError(
+                f"{self.url}: the response body broke {self.attempts} times in a row, last at byte {pos}: {cause}"
+            ) from cause
+        log.info("%s: body broke at byte %d (%s); resuming", self.url, pos, cause)
+
+
+def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = False) -> list[Any]:
+    """The body of ``res``, as buffers to join once. A body that breaks or ends short is requested again
+    from the byte reached, pinned to the ETag so a replaced object is an error, not a splice, until
+    ``breaks`` gives up. ``whole`` (or a small body) asks the engine to collect it in one call (see
+    :meth:`Response.chunks`)."""
+    pos, end = res.start, res.end
+    whole = whole or end - pos <= _WHOLE
+    chunks: list[Any] = []
+    while True:
+        try:
+            for chunk in res.chunks(whole):
+                chunks.append(chunk)
+                pos += len(chunk)
+            if pos >= end:
+                return chunks
+            cause: BaseException = EOFError(f"body ended at byte {pos} of {end}")
+        except engine.body_errors as e:
+            cause = e
+        finally:
+            res.close()
+        breaks.broke(pos, cause)
+        whole = False  # stream the rest, so that another break keeps what arrived
+        res = engine.send(key, pos, end, res.etag)
