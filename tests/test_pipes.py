@@ -163,6 +163,26 @@ def test_grouper_pairs_by_name() -> None:
         list(IterableWrapper([("s3://b/x.tar/a.cls", b"1"), ("s3://b/x.tar/a.cls", b"2")]).group_samples())
 
 
+def test_grouper_skips_members_without_an_extension_and_resumes_past_them() -> None:
+    members = [("s3://b/x.tar/file1.jpg", b"J1"), ("s3://b/x.tar/_something_", b"?"),
+               ("s3://b/x.tar/file1.cls", b"1"), ("s3://b/x.tar/file2.jpg", b"J2"),
+               ("s3://b/x.tar/file2.cls", b"2"), ("s3://b/x.tar/__meta__", b"M")]
+    whole = [{"__key__": "file1", "__url__": "s3://b/x.tar", "jpg": b"J1", "cls": b"1"},
+             {"__key__": "file2", "__url__": "s3://b/x.tar", "jpg": b"J2", "cls": b"2"}]
+    dp = IterableWrapper(members).group_samples()
+    assert list(dp) == whole
+    it = iter(dp)
+    assert next(it) == whole[0]
+    state = dp.state_dict()
+    resumed = IterableWrapper(members).group_samples()
+    resumed.load_state_dict(state)
+    assert list(resumed) == whole[1:]
+    state = resumed.state_dict()
+    again = IterableWrapper(members).group_samples()
+    again.load_state_dict(state)
+    assert list(again) == []  # the epoch ended on a skipped member: nothing left
+
+
 def test_pipes_pickle(module_bucket: str) -> None:
     dp = chain(module_bucket, "tar").group_samples().shuffle_buffer(10)
     clone = pickle.loads(pickle.dumps(dp))
