@@ -151,6 +151,14 @@ def test_buffer_shuffler() -> None:
         IterableWrapper(items).shuffle_buffer(0)
 
 
+def test_read_s3_takes_one_url_or_a_plain_list_as_list_s3_does(bucket: str, put) -> None:  # noqa: ANN001
+    a, b = put(f"s3://{bucket}/k", b"K"), put(f"s3://{bucket}/l", b"L")
+    assert list(s3pipes.S3Reader([a, b])) == [(a, b"K"), (b, b"L")]
+    assert list(s3pipes.S3Reader((u for u in [a]))) == [(a, b"K")]
+    assert list(s3pipes.S3Reader(a)) == [(a, b"K")]
+    assert len(s3pipes.S3Reader([a, b])) == 2
+
+
 def test_grouper_pairs_by_name() -> None:
     members = [("s3://b/x.tar/a.png", b"A"), ("s3://b/x.tar/a.cls", b"1"), ("s3://b/x.tar/b.cls", b"2"),
                ("s3://b/x.tar/b.seg.png", b"S"), ("s3://b/y.tar/b.cls", b"3")]
