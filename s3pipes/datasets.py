@@ -1,20 +1,22 @@
 """The classic dataset names of the Amazon S3 plugin for PyTorch, built from the pipes.
 
 ``S3Dataset`` (map-style), ``S3IterableDataset`` (shards, split across ranks and workers by itself),
-``ShuffleDataset`` (buffer shuffle), and the plugin's helpers ``list_files``, ``file_exists`` and
-``get_file_size``. Code written for the plugin runs with only its import changed, or unchanged through
-``awsio.python.lib.io.s3.s3dataset``.
+``ShuffleDataset`` (buffer shuffle), and the plugin's helpers ``list_files``, ``file_exists``,
+``get_file_size``, ``tardata``, ``zipdata`` and ``reraise_exception``. Code written for the plugin runs
+with only its import changed, or unchanged through ``awsio.python.lib.io.s3.s3dataset``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence, TypedDict
+import re
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence, TypedDict
 
 from torch.utils.data import Dataset, IterableDataset
 
 from . import _dist
 from .config import S3Config
-from .pipes._payload import ArchiveExpander
+from .errors import BucketNotFoundError
+from .pipes._payload import ArchiveExpander, Payload
 from .pipes._state import Cursor, Mark, Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
@@ -110,6 +112,18 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
         """Corrupt archives skipped in this process (with ``skip_corrupt=True``)."""
         return self._members.skipped if self._members is not None else self._skipped
 
+    def __len__(self) -> int:
+        """How many ``(url, bytes)`` this process's iteration yields, summed over its DataLoader workers:
+        the number of objects (listed once, then cached), or under ``torch.distributed`` this rank's
+        share of them (as even as ``even_ranks`` makes it), which is what the DataLoader of each rank
+        compares with what arrives. An archive object raises ``TypeError``: its members, the items
+        it yields, are not known without reading it."""
+        if getattr(self, "_objects", None) is None:
+            self._objects = _count_objects(self.urls, self.config)
+        if not self.shard:
+            return self._objects  # every rank reads every object
+        return _rank_share(self._objects, _dist.current() or self._dist, self.even_ranks)
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickled in the main process as workers start: the last moment the rank is known for sure.
         return {**self.__dict__, "_dist": _dist.current() or self._dist, "_members": None, "_skipped": self.skipped}
@@ -137,11 +151,13 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
 
 
 def _expand_any(url: str, f: Any) -> Iterator[tuple[str, bytes]]:
-    """Members of an archive, named as in the archive (as the plugin named them); other objects whole."""
-    if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
-        members = iter_tar(url, f) if url.endswith(TAR_SUFFIXES) else iter_zip(url, f)
-        for name, data in members:
-            yield name[len(url) + 1 :], data
+    """Members of an archive, named as in the archive (as the plugin named them); other objects whole.
+    As the plugin did, a zip's directory entries come with empty bytes, and tar members named like
+    ``__meta__`` (webdataset metadata) are skipped."""
+    if url.endswith(TAR_SUFFIXES):
+        yield from _unprefixed(url, iter_tar(url, f), _META)
+    elif url.endswith(".zip"):
+        yield from _unprefixed(url, iter_zip(url, f, dirs=True), None)
     else:
         with f:
             yield url, f.read()
@@ -193,10 +209,105 @@ def list_files(url: str) -> list[str]:
 
 
 def file_exists(url: str) -> bool:
-    """Whether the object exists, as the plugin's ``file_exists``."""
-    return client_for(url).exists(url)
+    """Whether the object exists, as the plugin's ``file_exists``: ``False`` also when its bucket does
+    not exist (the object does not either)."""
+    try:
+        return client_for(url).exists(url)
+    except BucketNotFoundError:
+        return False
 
 
 def get_file_size(url: str) -> int:
     """The object's size in bytes, as the plugin's ``get_file_size``."""
     return client_for(url).size(url)
+
+
+def _count_objects(urls: list[str], config: S3Config | None) -> int:
+    """The number of objects under ``urls``; ``TypeError`` at the first archive."""
+    count = 0
+    for url in S3Lister(urls, config=config):
+        if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
+            raise TypeError(
+                f"len() of S3IterableDataset: {url} is an archive, and the number of members it yields is "
+                f"not known without reading it. Count them once (n = sum(1 for _ in dataset)) and return n "
+                f"from __len__ in a subclass, or do without len (DataLoader does not need it)")
+        count += 1
+    return count
+
+
+def _rank_share(objects: int, dist: tuple[int, int] | None, even_ranks: bool | None) -> int:
+    """How many of ``objects`` one rank reads: ``S3Reader`` deals them out by position over ranks x
+    workers, which gives a rank every ``world``-th object, less the remainder when evening out ranks."""
+    rank, world = dist or (0, 1)
+    if world > 1 and even_ranks is not False:
+        objects -= objects % world
+    return objects // world + (rank < objects % world)
+
+
+# Tar members the plugin's tardata skipped by default: webdataset metadata such as "__key__" or "__x__/y".
+_META = r"__[^/]*__($|/)"
+
+
+def reraise_exception(exn: BaseException) -> bool:
+    """The plugin's default ``handler`` for ``tardata``/``zipdata``: raise the error."""
+    raise exn
+
+
+def tardata(fileobj: IO[bytes] | bytes, skip_meta: str | None = _META,
+            handler: Callable[[BaseException], Any] = reraise_exception) -> Iterator[tuple[str, bytes]]:
+    """``(member_name, bytes)`` for each regular file of a tar (plain or compressed) read from
+    ``fileobj`` as a stream, as the plugin's ``tardata``; names matching ``skip_meta`` are skipped.
+    An error reading the archive (``CorruptArchiveError``) goes to ``handler``: the default raises it;
+    a handler that returns instead ends the archive there. ``fileobj`` is left open."""
+    name = _name_of(fileobj)
+    yield from _handled(_unprefixed(name, iter_tar(name, _unclosed(fileobj)), skip_meta), handler)
+
+
+def zipdata(fileobj: IO[bytes] | bytes,
+            handler: Callable[[BaseException], Any] = reraise_exception) -> Iterator[tuple[str, bytes]]:
+    """``(member_name, bytes)`` for each entry of a zip read from a seekable ``fileobj``, directory
+    entries with empty bytes, as the plugin's ``zipdata``. Errors go to ``handler`` as for
+    ``tardata``. ``fileobj`` is left open."""
+    name = _name_of(fileobj)
+    yield from _handled(_unprefixed(name, iter_zip(name, _unclosed(fileobj), dirs=True), None), handler)
+
+
+def _name_of(fileobj: Any) -> str:
+    name = getattr(fileobj, "name", None)
+    return name if isinstance(name, str) and name else "<archive>"
+
+
+def _unprefixed(shard: str, members: Iterator[tuple[str, bytes]], skip: str | None) -> Iterator[tuple[str, bytes]]:
+    """Members named as in the archive (``iter_tar``/``iter_zip`` say ``shard/member``), less those
+    matching ``skip``."""
+    for name, data in members:
+        name = name[len(shard) + 1 :]
+        if skip is None or not re.match(skip, name):
+            yield name, data
+
+
+def _handled(members: Iterator[tuple[str, bytes]],
+             handler: Callable[[BaseException], Any]) -> Iterator[tuple[str, bytes]]:
+    try:
+        yield from members
+    except Exception as e:  # a generator that raised cannot go on: the archive ends here unless re-raised
+        handler(e)
+
+
+class _Unclosed:
+    """A caller's file object that the archive readers (which close what they are handed) leave open."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def close(self) -> None:
+        pass
+
+
+def _unclosed(fileobj: IO[bytes] | bytes) -> Payload:
+    if isinstance(fileobj, (bytes, bytearray, memoryview)):
+        return fileobj
+    return _Unclosed(fileobj)  # type: ignore[return-value]

@@ -45,8 +45,8 @@ class Store(Protocol):
 class FsspecClient:
     """Lists, sizes, checks, reads and writes the files of one fsspec filesystem with the methods of
     :class:`~s3pipes.s3.S3Client`, so the pipes treat a local directory like a bucket. URLs come back
-    spelled as given (``memory://data/a.tar``, ``/tmp/data/a.tar``); a missing path raises
-    ``FileNotFoundError`` naming the URL.
+    spelled as given (``memory://data/a.tar``, ``/tmp/data/a.tar``, ``data/a.tar``); a missing path raises
+    ``FileNotFoundError`` naming the URL, and reading or sizing a directory ``IsADirectoryError``.
 
     >>> import fsspec
     >>> fsspec.filesystem("memory").pipe("/doc/a.bin", b"abc")
@@ -72,12 +72,34 @@ class FsspecClient:
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
 
+    def _not_a_file(self, url: str) -> IsADirectoryError:
+        return IsADirectoryError(f"{url}: is a directory, not a file; list it (list_s3, list_files) "
+                                 f"to get the files under it")
+
     @contextmanager
     def _naming(self, url: str) -> Iterator[None]:
         try:
             yield
+        except IsADirectoryError as e:
+            raise self._not_a_file(url) from e
         except FileNotFoundError as e:
+            if self.fs.isdir(self._path(url)):  # memory:// and others say "not found" for a directory
+                raise self._not_a_file(url) from e
             raise FileNotFoundError(f"{url}: no such file; check the path") from e
+
+    def _is_file(self, path: str, info: dict[str, Any]) -> bool:
+        """Whether a listed entry is a file. A symlink comes back from a listing as type "other"; it is
+        looked at again, through the link: a link to a file is a file, a link to a directory is
+        skipped. Not followed, because a link back into the tree (or to an ancestor) would list the
+        same files twice, or forever, and every sample must come once per epoch; ``find`` and
+        ``os.walk`` do not follow them either. List the linked directory by its own path to read it."""
+        kind = info.get("type")
+        if kind == "other":
+            try:
+                kind = self.fs.info(path).get("type")  # a path string (not a listing entry) is followed
+            except OSError:
+                return True  # a dangling link: listed, so that reading it names it
+        return kind != "directory"
 
     def list(self, url: str) -> Iterator[ObjectInfo]:
         """Files under a directory, recursively, in path order; a URL naming a file yields it alone."""
@@ -89,7 +111,7 @@ class FsspecClient:
             found = self.fs.find(path, detail=True)
         except FileNotFoundError:
             found = {}
-        files = sorted(p for p, info in found.items() if info.get("type") != "directory")
+        files = sorted(p for p, info in found.items() if self._is_file(p, info))
         if not files:
             raise FileNotFoundError(f"{url}: no files under this path; check the path")
         root, base = path.rstrip("/"), url.rstrip("/")
@@ -98,7 +120,10 @@ class FsspecClient:
 
     def size(self, url: str) -> int:
         with self._naming(url):
-            return int(self.fs.size(self._path(url)))
+            info = self.fs.info(self._path(url))
+        if info.get("type") == "directory":
+            raise self._not_a_file(url)
+        return int(info["size"])
 
     def exists(self, url: str) -> bool:
         return bool(self.fs.isfile(self._path(url)))
@@ -144,6 +169,10 @@ def client_for(url: str, config: S3Config | None = None, **storage_options: Any)
     """
     if not isinstance(url, str):
         raise TypeError(f"expected a URL or path string, got {url!r}")
+    if not url.strip():
+        # Not the working directory: an unset variable would otherwise read whatever lies where the job runs.
+        raise ValueError(f"empty URL {url!r}: pass an S3 URL (s3://bucket/prefix/) or a path; for the "
+                         f"current directory say so with '.'")
     if url.lower().startswith(("s3:", "s3a:", "s3n:")):
         S3Url.parse(url)  # a mistyped S3 URL is a ValueError showing the form, not a missing local path
         return S3Client(config)

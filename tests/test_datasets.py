@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from shards import label_of, png, samples, tar_bytes, zip_bytes
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data.datapipes.iter import IterableWrapper
 
 import s3pipes
 from s3pipes import CorruptArchiveError, S3Dataset, S3IterableDataset, ShuffleDataset
@@ -188,6 +191,75 @@ def test_corrupt_shard_names_it(bucket: str, put) -> None:  # noqa: ANN001
     with pytest.raises(CorruptArchiveError, match=f"{url}: corrupt tar archive at member 's00002.cls': no valid header"):
         list(DataLoader(S3IterableDataset(f"s3://{bucket}/"), batch_size=None, num_workers=2))
     assert time.monotonic() - t < 10
+
+
+# ------------------------------------------------------------------------------ plugin compatibility
+
+
+def test_len_is_the_objects_this_rank_reads(data: str) -> None:
+    ds = S3IterableDataset(f"s3://{data}/images/")
+    assert len(ds) == N_IMAGES == len(list(ds))
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DataLoader warns when more samples arrive than len() said
+        assert len(loader) == N_IMAGES == len(list(loader))
+    for even in (None, False):  # 40 objects on 3 ranks: 13 each when evened out, else 14, 13, 13
+        per_rank = []
+        for rank in range(3):
+            ds = S3IterableDataset(f"s3://{data}/images/", even_ranks=even)
+            ds._dist = (rank, 3)  # the rank a DataLoader worker was handed (torch.distributed is not up here)
+            per_rank.append(len(ds))
+            assert per_rank[-1] == len(list(ds)), (even, rank)
+        assert per_rank == ([13, 13, 13] if even is None else [14, 13, 13])
+
+
+@pytest.mark.parametrize("prefix", ["shards/", "mixed/"])
+def test_len_of_archives_is_refused_saying_why(data: str, prefix: str) -> None:
+    with pytest.raises(TypeError, match=r"\.(tar|zip) is an archive, and the number of members it yields is not "
+                                        r"known without reading it\. Count them once"):
+        len(S3IterableDataset(f"s3://{data}/{prefix}"))
+
+
+def test_plugin_helpers_tardata_zipdata_on_the_old_import_path() -> None:
+    from awsio.python.lib.io.s3.s3dataset import reraise_exception, tardata, zipdata
+
+    tar = tar_bytes([("__key__", b"k"), ("a.cls", b"1"), ("__meta__/x", b"m"), ("d/b.png", b"P")])
+    f = io.BytesIO(tar)
+    assert list(tardata(f)) == [("a.cls", b"1"), ("d/b.png", b"P")]
+    assert not f.closed, "the caller's file stays open"
+    assert list(tardata(tar, skip_meta=None)) == [("__key__", b"k"), ("a.cls", b"1"), ("__meta__/x", b"m"),
+                                                  ("d/b.png", b"P")]
+    with pytest.raises(CorruptArchiveError, match="corrupt tar archive"):
+        list(tardata(io.BytesIO(tar[:1000])))
+    seen: list[BaseException] = []
+    assert list(tardata(io.BytesIO(tar[:1000]), handler=seen.append)) == []  # a handler that returns ends it
+    assert [type(e) for e in seen] == [CorruptArchiveError]
+    with pytest.raises(KeyError):
+        reraise_exception(KeyError("x"))
+    zf = io.BytesIO()
+    with zipfile.ZipFile(zf, "w") as z:
+        z.writestr("d/", b"")
+        z.writestr("d/a.txt", b"a")
+    assert list(zipdata(zf)) == [("d/", b""), ("d/a.txt", b"a")]
+    assert not zf.closed
+
+
+def test_zip_directories_yielded_empty_and_tar_metadata_skipped_as_the_plugin_did(bucket: str, put) -> None:  # noqa: ANN001
+    zf = io.BytesIO()
+    with zipfile.ZipFile(zf, "w") as z:
+        z.writestr("d/", b"")
+        z.writestr("d/a.txt", b"a")
+    put(f"s3://{bucket}/a.zip", zf.getvalue())
+    put(f"s3://{bucket}/b.tar", tar_bytes([("__key__", b"k"), ("b.cls", b"1")]))
+    assert list(S3IterableDataset(f"s3://{bucket}/")) == [("d/", b""), ("d/a.txt", b"a"), ("b.cls", b"1")]
+    # The pipes keep yielding files only, as load_tar yields regular members only.
+    dp = IterableWrapper([f"s3://{bucket}/a.zip"]).read_s3().load_zip()
+    assert list(dp) == [(f"s3://{bucket}/a.zip/d/a.txt", b"a")]
+
+
+def test_file_exists_is_false_for_a_missing_bucket(data: str) -> None:
+    assert s3pipes.file_exists("s3://no-such-bucket-s3pipes/images/0001.png") is False
+    assert s3pipes.file_exists(f"s3://{data}/images/0001.png") is True
 
 
 # -------------------------------------------------------------------------------------------- examples

@@ -151,6 +151,14 @@ def test_buffer_shuffler() -> None:
         IterableWrapper(items).shuffle_buffer(0)
 
 
+def test_read_s3_takes_one_url_or_a_plain_list_as_list_s3_does(bucket: str, put) -> None:  # noqa: ANN001
+    a, b = put(f"s3://{bucket}/k", b"K"), put(f"s3://{bucket}/l", b"L")
+    assert list(s3pipes.S3Reader([a, b])) == [(a, b"K"), (b, b"L")]
+    assert list(s3pipes.S3Reader((u for u in [a]))) == [(a, b"K")]
+    assert list(s3pipes.S3Reader(a)) == [(a, b"K")]
+    assert len(s3pipes.S3Reader([a, b])) == 2
+
+
 def test_grouper_pairs_by_name() -> None:
     members = [("s3://b/x.tar/a.png", b"A"), ("s3://b/x.tar/a.cls", b"1"), ("s3://b/x.tar/b.cls", b"2"),
                ("s3://b/x.tar/b.seg.png", b"S"), ("s3://b/y.tar/b.cls", b"3")]
@@ -161,6 +169,26 @@ def test_grouper_pairs_by_name() -> None:
     ]
     with pytest.raises(ValueError, match="already has a 'cls' member"):
         list(IterableWrapper([("s3://b/x.tar/a.cls", b"1"), ("s3://b/x.tar/a.cls", b"2")]).group_samples())
+
+
+def test_grouper_skips_members_without_an_extension_and_resumes_past_them() -> None:
+    members = [("s3://b/x.tar/file1.jpg", b"J1"), ("s3://b/x.tar/_something_", b"?"),
+               ("s3://b/x.tar/file1.cls", b"1"), ("s3://b/x.tar/file2.jpg", b"J2"),
+               ("s3://b/x.tar/file2.cls", b"2"), ("s3://b/x.tar/__meta__", b"M")]
+    whole = [{"__key__": "file1", "__url__": "s3://b/x.tar", "jpg": b"J1", "cls": b"1"},
+             {"__key__": "file2", "__url__": "s3://b/x.tar", "jpg": b"J2", "cls": b"2"}]
+    dp = IterableWrapper(members).group_samples()
+    assert list(dp) == whole
+    it = iter(dp)
+    assert next(it) == whole[0]
+    state = dp.state_dict()
+    resumed = IterableWrapper(members).group_samples()
+    resumed.load_state_dict(state)
+    assert list(resumed) == whole[1:]
+    state = resumed.state_dict()
+    again = IterableWrapper(members).group_samples()
+    again.load_state_dict(state)
+    assert list(again) == []  # the epoch ended on a skipped member: nothing left
 
 
 def test_pipes_pickle(module_bucket: str) -> None:

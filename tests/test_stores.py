@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import uuid
 
 import fsspec
@@ -120,3 +121,64 @@ def test_every_store_satisfies_the_protocol(tmp_path) -> None:  # noqa: ANN001
     for store in (s3pipes.client_for("s3://b/k"), s3pipes.client_for(str(tmp_path))):
         missing = [name for name in Store.__dict__ if not name.startswith("_") and not hasattr(store, name)]
         assert not missing, f"{store!r} lacks {missing}"
+
+
+EMPTY_URL_ENTRY_POINTS = {
+    "list_files": lambda u: s3pipes.list_files(u),
+    "list_s3": lambda u: list(IterableWrapper([u]).list_s3()),
+    "S3Dataset": lambda u: s3pipes.S3Dataset(u),
+    "S3IterableDataset": lambda u: list(s3pipes.S3IterableDataset(u)),
+    "read_s3": lambda u: list(IterableWrapper([u]).read_s3()),
+    "read_s3 stream": lambda u: list(IterableWrapper([u]).read_s3(stream=True)),
+    "get_file_size": lambda u: s3pipes.get_file_size(u),
+    "file_exists": lambda u: s3pipes.file_exists(u),
+}
+
+
+@pytest.mark.parametrize("url", ["", "  ", "\n"])
+@pytest.mark.parametrize("entry", sorted(EMPTY_URL_ENTRY_POINTS))
+def test_an_empty_url_is_refused_not_taken_for_the_working_directory(tmp_path, monkeypatch, entry: str,
+                                                                     url: str) -> None:  # noqa: ANN001
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_bytes(b"a")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"empty URL .*for the current directory say so with '\.'"):
+        EMPTY_URL_ENTRY_POINTS[entry](url)
+
+
+def test_a_directory_is_not_an_object(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "sub" / "a.txt").write_bytes(b"a")
+    monkeypatch.chdir(tmp_path)
+    mem = f"memory://dirs-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("memory").pipe(f"{mem}/d/a.bin", b"a")
+    for url in ["data", "data/sub/", str(tmp_path / "data"), f"file://{tmp_path}/data", f"{mem}/d"]:
+        store = s3pipes.client_for(url)
+        calls = {"size": lambda: store.size(url), "read": lambda: store.read(url),
+                 "read_range": lambda: store.read_range(url, 0, 1), "open": lambda: store.open(url),
+                 "get_file_size": lambda: s3pipes.get_file_size(url),
+                 "read_s3": lambda: list(IterableWrapper([url]).read_s3())}
+        for name, call in calls.items():
+            with pytest.raises(IsADirectoryError, match=rf"^{re.escape(url)}: is a directory.*list it \(list_s3, list_files\)"):
+                call()
+            assert not s3pipes.file_exists(url), (url, name)
+    fsspec.filesystem("memory").rm(mem.removeprefix("memory://"), recursive=True)
+
+
+def test_relative_paths_list_as_given_and_symlinked_directories_are_skipped(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "data" / "b.txt").write_bytes(b"b")
+    (tmp_path / "data" / "sub" / "a.txt").write_bytes(b"a")
+    (tmp_path / "other" / "c.txt").write_bytes(b"c")
+    (tmp_path / "data" / "dirlink").symlink_to("../other", target_is_directory=True)
+    (tmp_path / "data" / "filelink").symlink_to("sub/a.txt")
+    monkeypatch.chdir(tmp_path)
+    want = ["data/b.txt", "data/filelink", "data/sub/a.txt"]
+    assert s3pipes.list_files("data/") == s3pipes.list_files("data") == want
+    assert s3pipes.list_files("./data") == ["./" + u for u in want]
+    assert [s3pipes.get_file_size(u) for u in want] == [1, 1, 1]
+    assert list(s3pipes.S3Dataset("data/")) == [("data/b.txt", b"b"), ("data/filelink", b"a"),
+                                                ("data/sub/a.txt", b"a")]
+    assert list(IterableWrapper(["data/"]).list_s3().read_s3()) == list(s3pipes.S3Dataset("data/"))
+    assert s3pipes.list_files("data/dirlink") == ["data/dirlink/c.txt"]  # named itself, a linked directory is read

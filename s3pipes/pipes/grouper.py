@@ -21,9 +21,10 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
     (functional name: ``group_samples``), as webdataset shards are laid out: ``s00013.cls`` and
     ``s00013.png`` become ``{"__key__": "s00013", "__url__": <shard>, "cls": b"3", "png": b"..."}``.
 
-    The extension is everything after the first dot of the file name. Pairing by name rather than by
-    position keeps labels with their images whatever the member order inside a sample. Group before
-    any sample shuffling: a repeated extension within one key raises ``ValueError``.
+    The extension is everything after the first dot of the file name; a member without one
+    (``_something_``, ``README``) is skipped, neither a sample nor a break in one. Pairing by name
+    rather than by position keeps labels with their images whatever the member order inside a
+    sample. Group before any sample shuffling: a repeated extension within one key raises ``ValueError``.
 
     Example:
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
@@ -45,6 +46,9 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
         for name, data in src:
             where, _, base = name.rpartition("/")
             key, _, ext = base.partition(".")
+            if not ext:  # no extension, no field to file it under (webdataset skips these too): pass over it
+                before = src.mark()
+                continue
             if sample is None or (sample["__url__"], sample["__key__"]) != (where, key):
                 if sample is not None:
                     self._pos = before

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, TypedDict, Union
 
 from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
+from torch.utils.data.datapipes.iter import IterableWrapper
 from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
 
@@ -69,10 +70,14 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         ...     pass
     """
 
-    def __init__(self, source_datapipe: IterDataPipe[str], *, stream: bool = False,
+    def __init__(self, source_datapipe: IterDataPipe[str] | Iterable[str] | str, *, stream: bool = False,
                  concurrency: int | None = None, ordered: bool = True, shard: bool | None = None,
                  even_ranks: bool | None = None, config: S3Config | None = None, cache_dir: str | None = None,
                  cache_limit: int = 10 << 30) -> None:
+        if isinstance(source_datapipe, str):  # one URL, or a plain list of them, as list_s3 takes
+            source_datapipe = [source_datapipe]
+        if not isinstance(source_datapipe, IterDataPipe):
+            source_datapipe = IterableWrapper(source_datapipe, deepcopy=False)
         self.source_datapipe = source_datapipe
         self.client = S3Client(config)
         self.cache = ShardCache(cache_dir, cache_limit) if cache_dir else None

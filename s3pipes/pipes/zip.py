@@ -13,13 +13,15 @@ from ._payload import ArchiveExpander, Payload, naming_corruption, payload_file
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
-def iter_zip(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
-    """``(shard/member, bytes)`` for each file of one zip; a stream payload is read by ranges."""
+def iter_zip(shard: str, payload: Payload, dirs: bool = False) -> Iterator[tuple[str, bytes]]:
+    """``(shard/member, bytes)`` for each file of one zip; a stream payload is read by ranges.
+    Directory entries are skipped, or with ``dirs=True`` yielded with empty bytes (as the Amazon S3
+    plugin's ``zipdata`` did)."""
     member = [""]
     with payload_file(payload) as f, naming_corruption("zip", shard, _CORRUPT, member):
         with zipfile.ZipFile(f) as archive:
             for info in archive.infolist():
-                if info.is_dir():
+                if info.is_dir() and not dirs:
                     continue
                 member[0] = info.filename
                 yield f"{shard}/{info.filename}", archive.read(info)

@@ -7,6 +7,10 @@ from s3pipes.datasets import (
     file_exists,
     get_file_size,
     list_files,
+    reraise_exception,
+    tardata,
+    zipdata,
 )
 
-__all__ = ["S3Dataset", "S3IterableDataset", "ShuffleDataset", "file_exists", "get_file_size", "list_files"]
+__all__ = ["S3Dataset", "S3IterableDataset", "ShuffleDataset", "file_exists", "get_file_size", "list_files",
+           "reraise_exception", "tardata", "zipdata"]
