@@ -190,6 +190,14 @@ def test_grouper_skips_members_without_an_extension_and_resumes_past_them() -> N
     again.load_state_dict(state)
     assert list(again) == []  # the epoch ended on a skipped member: nothing left
 
+    between = [members[0], members[2], members[1], *members[3:]]  # the skipped member between two samples
+    dp = IterableWrapper(between).group_samples()
+    it = iter(dp)
+    assert next(it) == whole[0]
+    resumed = IterableWrapper(between).group_samples()
+    resumed.load_state_dict(dp.state_dict())
+    assert list(resumed) == whole[1:]
+
 
 def test_pipes_pickle(module_bucket: str) -> None:
     dp = chain(module_bucket, "tar").group_samples().shuffle_buffer(10)

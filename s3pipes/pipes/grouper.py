@@ -47,7 +47,7 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
             where, _, base = name.rpartition("/")
             key, _, ext = base.partition(".")
             if not ext:  # no extension, no field to file it under (webdataset skips these too): pass over it
-                before = src.mark()
+                before = {**start, "source": src.mark()}
                 continue
             if sample is None or (sample["__url__"], sample["__key__"]) != (where, key):
                 if sample is not None:
