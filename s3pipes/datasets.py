@@ -38,9 +38,18 @@ class S3Dataset(Dataset[tuple[str, bytes]]):
     URLs, or a list of either), listed once here. Works with ``DistributedSampler`` and workers;
     subclass it and call ``super().__getitem__(idx)`` to decode.
 
-    >>> ds = S3Dataset("s3://bucket/images/")   # doctest: +SKIP
-    >>> len(ds), ds[0][0]                       # doctest: +SKIP
-    (1000, 's3://bucket/images/00000.png')
+    Args:
+        urls: prefixes or object URLs (``s3://``, local paths, ``memory://``...), or a list of them.
+        config: how to reach S3 (default ``None``: read from the environment).
+
+    Example:
+        >>> import fsspec
+        >>> fs = fsspec.filesystem("memory")
+        >>> for i in range(3):
+        ...     fs.pipe(f"/dataset-doc/images/{i:05d}.png", b"P%d" % i)
+        >>> ds = S3Dataset("memory://dataset-doc/images/")  # or s3://bucket/images/
+        >>> len(ds), ds[0]
+        (3, ('memory://dataset-doc/images/00000.png', b'P0'))
     """
 
     def __init__(self, urls: str | Sequence[str], *, config: S3Config | None = None) -> None:
@@ -79,13 +88,13 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
 
     Args:
         urls: prefixes or object URLs (``s3://``, local paths, ``memory://``...), or a list of them.
-        shuffle_urls: shuffle the shard order each epoch.
-        seed: the seed of the shard order.
-        skip_corrupt: log and count (``skipped``) a corrupt archive and go on, instead of raising.
-        even_ranks: leave out the last ``N % world_size`` shards so every rank reads as many (default:
-            on when several ranks read).
-        shard: split the shards across ranks and workers (default); ``False`` reads all of them.
-        config: how to reach S3; ``None`` reads the environment.
+        shuffle_urls: shuffle the shard order each epoch (default ``False``: listed order).
+        seed: the seed of the shard order (default ``0``).
+        skip_corrupt: log and count (``skipped``) a corrupt archive and go on (default ``False``: raise).
+        even_ranks: leave out the last ``N % world_size`` shards so every rank reads as many (default
+            ``None``: on when several ranks read).
+        shard: split the shards across ranks and workers (default ``True``); ``False`` reads all of them.
+        config: how to reach S3 (default ``None``: read from the environment).
 
     Example:
         >>> import fsspec
@@ -179,9 +188,20 @@ class ShuffleDataset(IterableDataset[Any]):
     repeats a run. ``set_epoch`` is passed on to the wrapped dataset; ``state_dict`` holds the buffer
     and, when the wrapped dataset has one (``S3IterableDataset`` does), its state.
 
-    >>> ds = ShuffleDataset(range(10), buffer_size=4, seed=0)
-    >>> sorted(ds) == list(range(10))
-    True
+    Args:
+        dataset: the iterable dataset (or any iterable) to shuffle.
+        buffer_size: how many samples the buffer holds; memory is that many samples.
+        seed: the seed of the order (default ``None``: drawn from torch's RNG).
+
+    Example:
+        >>> import fsspec
+        >>> fs = fsspec.filesystem("memory")
+        >>> for i in range(10):
+        ...     fs.pipe(f"/shuffle-doc/{i}.txt", str(i).encode())
+        >>> ds = ShuffleDataset(S3IterableDataset("memory://shuffle-doc/"), buffer_size=4, seed=0)
+        >>> ds.set_epoch(0)
+        >>> sorted(int(data) for _, data in ds) == list(range(10))
+        True
     """
 
     def __init__(self, dataset: Iterable[Any], buffer_size: int, *, seed: int | None = None) -> None:

@@ -40,6 +40,11 @@ class BufferShuffler(Seeded[BufferPos, T], IterDataPipe[T]):
     each incoming sample replaces a random one of the buffer, which is yielded. The order is fixed by
     the seed and epoch (see :class:`~s3pipes.pipes._seeded.Seeded`); memory is ``buffer_size`` samples.
 
+    Args:
+        source_datapipe: the samples to shuffle.
+        buffer_size: how many samples the buffer holds (default 10,000); at least 1.
+        seed: the seed of the order (default ``None``: the DataLoader's shared seed, else torch's RNG).
+
     Example:
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes

@@ -26,6 +26,10 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
     rather than by position keeps labels with their images whatever the member order inside a
     sample. Group before any sample shuffling: a repeated extension within one key raises ``ValueError``.
 
+    Args:
+        source_datapipe: ``(shard/member, bytes)`` archive members in archive order, as ``load_tar`` and
+            ``load_zip`` yield them.
+
     Example:
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes

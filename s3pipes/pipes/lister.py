@@ -31,16 +31,22 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
     ``file://``, ``memory://`` and other fsspec URLs are listed recursively the same way.
 
     Args:
-        source_datapipe: URLs (``s3://bucket/prefix/`` or ``s3://bucket/key``), or one URL, or a list.
-        masks: glob patterns matched against each object's file name (``"*.tar"``); any may match.
-        config: how to reach S3; ``None`` reads the environment.
+        source_datapipe: prefixes or object URLs (``s3://bucket/prefix/``, ``s3://bucket/key``, local
+            paths, ``memory://``...): an ``IterDataPipe`` or iterable of them, or one URL.
+        masks: glob patterns matched against each object's file name (``"*.tar"``); any may match
+            (default ``()``: every object).
+        config: how to reach S3 (default ``None``: read from the environment).
 
     Example:
+        >>> import fsspec
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes
-        >>> dp = IterableWrapper(["s3://bucket/train/"]).list_s3(masks="*.tar")  # doctest: +SKIP
-        >>> list(dp)                                                              # doctest: +SKIP
-        ['s3://bucket/train/shard-000.tar', 's3://bucket/train/shard-001.tar']
+        >>> fs = fsspec.filesystem("memory")
+        >>> for name in ["shard-000.tar", "shard-001.tar", "notes.txt"]:
+        ...     fs.pipe(f"/lister-doc/train/{name}", b"x")
+        >>> dp = IterableWrapper(["memory://lister-doc/train/"]).list_s3(masks="*.tar")
+        >>> list(dp)  # an s3://bucket/train/ prefix lists the same way
+        ['memory://lister-doc/train/shard-000.tar', 'memory://lister-doc/train/shard-001.tar']
     """
 
     def __init__(self, source_datapipe: Iterable[str] | str, masks: str | Sequence[str] = (),

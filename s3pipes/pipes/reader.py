@@ -39,8 +39,8 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``; see
     :meth:`S3Client.read_many`), since one request at a time caps a worker at a few dozen objects a
-    second; objects larger than two parts are fetched as parallel ranged GETs. Output keeps input order
-    unless ``ordered=False``.
+    second. The first GET of an object asks for its first part (``config.part_size``); the rest of a
+    larger object comes as parallel ranged parts. Output keeps input order unless ``ordered=False``.
 
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
     DataLoader calls ``apply_sharding``), by position, before any GET: no ``sharding_filter`` is
@@ -61,13 +61,38 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     Besides ``s3://`` URLs it reads local paths, ``file://``, ``memory://`` and any fsspec protocol.
 
+    Args:
+        source_datapipe: object URLs, usually from ``list_s3``: an ``IterDataPipe`` or iterable of them,
+            or one URL.
+        stream: yield seekable streaming file objects instead of bytes (default ``False``: bytes).
+        concurrency: GETs in flight (default ``None``: ``config.max_concurrency``).
+        ordered: yield in input order (default ``True``); ``False`` yields each object as it arrives.
+        shard: split the objects across ranks and workers (default ``None``: on, unless a
+            ``sharding_filter`` is upstream).
+        even_ranks: leave out the last ``N % world_size`` objects so every rank reads as many (default
+            ``None``: on when several ranks read).
+        config: how to reach S3 (default ``None``: read from the environment).
+        cache_dir: a local directory to cache objects in (default ``None``: no cache).
+        cache_limit: the cache's size limit in bytes (default 10 GiB).
+
     Example:
+        >>> import fsspec
         >>> from torch.utils.data import DataLoader
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes
-        >>> dp = IterableWrapper(["s3://bucket/images/"]).list_s3().read_s3()  # doctest: +SKIP
-        >>> for url, data in DataLoader(dp, batch_size=None, num_workers=4):  # doctest: +SKIP
-        ...     pass
+        >>> fs = fsspec.filesystem("memory")
+        >>> for i in range(3):
+        ...     fs.pipe(f"/reader-doc/{i}.txt", str(i).encode())
+        >>> dp = IterableWrapper(["memory://reader-doc/"]).list_s3().read_s3()  # or s3://bucket/prefix/
+        >>> for url, data in DataLoader(dp, batch_size=None):  # num_workers=4 splits the objects
+        ...     print(url, data)
+        memory://reader-doc/0.txt b'0'
+        memory://reader-doc/1.txt b'1'
+        memory://reader-doc/2.txt b'2'
+        >>> url, f = next(iter(IterableWrapper(["memory://reader-doc/1.txt"]).read_s3(stream=True)))
+        >>> with f:
+        ...     f.read()
+        b'1'
     """
 
     def __init__(self, source_datapipe: IterDataPipe[str] | Iterable[str] | str, *, stream: bool = False,

@@ -28,6 +28,10 @@ class ShardShuffler(Seeded[ShardOrder, T], IterDataPipe[T]):
     the seed comes from; with an explicit ``seed``, call ``set_epoch`` each epoch as with
     ``DistributedSampler``.
 
+    Args:
+        source_datapipe: the shard (or object) URLs, usually ``list_s3``; read whole at each epoch.
+        seed: the seed of the order (default ``None``: the DataLoader's shared seed, else torch's RNG).
+
     Example:
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes

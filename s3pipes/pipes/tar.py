@@ -65,15 +65,22 @@ class TarExpander(ArchiveExpander):
     (a ``ValueError``) naming the shard and the member; ``skip_corrupt=True`` logs a warning, counts it
     in ``skipped`` and goes on with the next shard.
 
+    Args:
+        source_datapipe: ``(name, payload)`` of each tar, usually ``read_s3``; the payload is bytes or a
+            file object (``read_s3(stream=True)``), which is closed when read.
+        skip_corrupt: log a corrupt archive, count it in ``skipped`` and go on (default ``False``: raise
+            ``CorruptArchiveError``).
+
     Example:
-        >>> import io, tarfile
+        >>> import fsspec, io, tarfile
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes
         >>> buf = io.BytesIO()
         >>> with tarfile.open(fileobj=buf, mode="w") as t:
         ...     info = tarfile.TarInfo("s0.cls"); info.size = 1; t.addfile(info, io.BytesIO(b"3"))
-        >>> list(IterableWrapper([("s3://b/shard.tar", buf.getvalue())]).load_tar())
-        [('s3://b/shard.tar/s0.cls', b'3')]
+        >>> fsspec.filesystem("memory").pipe("/tar-doc/shard.tar", buf.getvalue())
+        >>> list(IterableWrapper(["memory://tar-doc/shard.tar"]).read_s3(stream=True).load_tar())
+        [('memory://tar-doc/shard.tar/s0.cls', b'3')]
     """
 
     expand = staticmethod(iter_tar)

@@ -37,15 +37,22 @@ class ZipExpander(ArchiveExpander):
     archive or a member failing its CRC raises ``CorruptArchiveError`` naming the shard and the member;
     ``skip_corrupt=True`` logs a warning, counts it in ``skipped`` and goes on with the next shard.
 
+    Args:
+        source_datapipe: ``(name, payload)`` of each zip, usually ``read_s3``; the payload is bytes or a
+            file object (``read_s3(stream=True)``), which is closed when read.
+        skip_corrupt: log a corrupt archive, count it in ``skipped`` and go on (default ``False``: raise
+            ``CorruptArchiveError``).
+
     Example:
-        >>> import io, zipfile
+        >>> import fsspec, io, zipfile
         >>> from torch.utils.data.datapipes.iter import IterableWrapper
         >>> import s3pipes
         >>> buf = io.BytesIO()
         >>> with zipfile.ZipFile(buf, "w") as z:
         ...     z.writestr("s0.cls", b"3")
-        >>> list(IterableWrapper([("s3://b/shard.zip", buf.getvalue())]).load_zip())
-        [('s3://b/shard.zip/s0.cls', b'3')]
+        >>> fsspec.filesystem("memory").pipe("/zip-doc/shard.zip", buf.getvalue())
+        >>> list(IterableWrapper(["memory://zip-doc/shard.zip"]).read_s3(stream=True).load_zip())
+        [('memory://zip-doc/shard.zip/s0.cls', b'3')]
     """
 
     expand = staticmethod(iter_zip)
