@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 
 MiB = 1 << 20
@@ -23,7 +22,7 @@ class S3Config:
     - ``path_style``: on for a custom endpoint (MinIO, Ceph, moto, nginx ...), off for AWS.
     - ``verify_ssl``: ``S3_VERIFY_SSL=0`` turns certificate checks off.
 
-    Credentials come only from boto3's standard chain (environment, profile, SSO, instance role);
+    Credentials come only from the standard chain of boto3 (environment, profile, SSO, instance role);
     ``anonymous=True`` sends unsigned requests for public buckets.
 
     ``engine`` picks what sends GETs: ``"obstore"`` (Rust; the GIL is released while a request waits),
@@ -63,9 +62,3 @@ class S3Config:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-
-def retry_delay(attempt: int, throttled: bool = False) -> float:
-    """Seconds to wait before retrying after failed ``attempt`` (1-based), for both engines: full-jitter
-    exponential backoff from 0.1 s (0.5 s when S3 throttles), at most 10 s. botocore's own starts at
-    1 s, so a wrong endpoint took several seconds to report."""
-    return random.random() * min(10.0, (0.5 if throttled else 0.1) * 2 ** (attempt - 1))

@@ -1,15 +1,15 @@
-"""Retries for both engines: one backoff (:func:`~s3pipes.config.retry_delay`), given to botocore's
+"""Retries for both engines: one backoff (:func:`retry_delay`), given to botocore's
 retry handler and used by obstore's request loop, and one resume of a broken response body."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import botocore.retries.standard as retries
 
-from ..config import retry_delay
 from .errors import Failure
 
 if TYPE_CHECKING:
@@ -23,8 +23,15 @@ T = TypeVar("T")
 _WHOLE = 256 << 10
 
 
+def retry_delay(attempt: int, throttled: bool = False) -> float:
+    """Seconds to wait before retrying after failed ``attempt`` (1-based), for both engines: full-jitter
+    exponential backoff from 0.1 s (0.5 s when S3 throttles), at most 10 s. botocore's own starts at
+    1 s, so a wrong endpoint took several seconds to report."""
+    return random.random() * min(10.0, (0.5 if throttled else 0.1) * 2 ** (attempt - 1))
+
+
 class _Backoff(retries.BaseRetryBackoff):
-    """:func:`~s3pipes.config.retry_delay` for botocore."""
+    """:func:`retry_delay` for botocore."""
 
     def __init__(self, detector: retries.ThrottlingErrorDetector) -> None:
         self._detector = detector
