@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import logging
 import pickle
 import random
 import socket
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,6 +81,21 @@ def test_skip_corrupt_shard_with_warning_and_count(bucket: str, put, caplog) -> 
     zdp = IterableWrapper([("s3://b/x.zip", b"nope"), ("s3://b/y.zip", zip_bytes(samples(0, 1)))]).load_zip(
         skip_corrupt=True)
     assert len(list(zdp)) == 2 and zdp.skipped == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_skip_corrupt_drops_the_sample_the_damage_broke(bucket: str, put, stream: bool) -> None:  # noqa: ANN001
+    """Issue 16.2: a shard cut inside an image must not hand group_samples a label without its image."""
+    whole = tar_bytes(samples(0, 3))
+    with tarfile.open(fileobj=io.BytesIO(whole)) as t:
+        last = t.getmembers()[-1]  # s00002.png, after its label
+    put(f"s3://{bucket}/a.tar", whole[: last.offset_data + last.size // 2])
+    put(f"s3://{bucket}/b.tar", tar_bytes(samples(3, 2)))
+    expander = IterableWrapper([f"s3://{bucket}/"]).list_s3().read_s3(stream=stream).load_tar(skip_corrupt=True)
+    got = list(expander.group_samples())
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in got] == [
+        (f"s0000{i}", ["cls", "png"]) for i in (0, 1, 3, 4)]
+    assert expander.skipped == 1
 
 
 def test_worker_errors_arrive_with_their_message(bucket: str, put) -> None:  # noqa: ANN001

@@ -11,6 +11,7 @@ from ..errors import CorruptArchiveError
 from torch.utils.data import IterDataPipe
 
 from ._state import Cursor, Mark, Resumable
+from .grouper import split_name
 
 log = logging.getLogger("s3pipes")
 
@@ -48,8 +49,8 @@ class ExpandPos(TypedDict):
 class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tuple[str, bytes]]):
     """Base of the archive pipes: ``expand`` (one archive's members) over each shard of the source, so a
     resumed epoch reopens only the shard it was in. With ``skip_corrupt``, a corrupt shard is logged as a
-    warning and counted in ``skipped`` (members it yielded before the damage stay delivered) instead of
-    ending the epoch."""
+    warning and counted in ``skipped`` instead of ending the epoch: the samples it yielded whole before
+    the damage stay delivered, the sample the damage broke is dropped."""
 
     expand: Expand
 
@@ -70,6 +71,8 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
             except StopIteration:
                 return
             members = self.expand(shard, payload)
+            if self.skip_corrupt:
+                members = whole_samples(members)
             try:
                 for _ in range(done):  # delivered before the restart
                     next(members, None)
@@ -97,3 +100,16 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
 
 
 _END = object()
+
+
+def whole_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """The members of each sample once the sample is whole: when the next sample begins, or the archive
+    ends cleanly. A member of a damaged archive that raises then drops the sample it broke in, where
+    yielding member by member would hand ``group_samples`` half a sample (a label without its image)."""
+    held: list[tuple[str, bytes]] = []
+    for name, data in members:
+        if held and split_name(held[0][0])[:2] != split_name(name)[:2]:
+            yield from held
+            held = []
+        held.append((name, data))
+    yield from held

@@ -10,6 +10,14 @@ from torch.utils.data.datapipes._decorator import functional_datapipe
 from ._state import Cursor, Mark, Resumable
 
 
+def split_name(name: str) -> tuple[str, str, str]:
+    """``(where, key, extension)`` of a member name: ``s3://b/s.tar/a/s0.seg.png`` is
+    ``("s3://b/s.tar/a", "s0", "seg.png")``. The members of one sample share ``where`` and ``key``."""
+    where, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return where, key, ext
+
+
 class GroupPos(TypedDict):
     epoch: int
     source: Mark | None  # the first member of the next sample
@@ -48,8 +56,7 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
         before = start  # where the member just pulled came from: a sample is resumed from its first member
         sample: dict[str, Any] | None = None
         for name, data in src:
-            where, _, base = name.rpartition("/")
-            key, _, ext = base.partition(".")
+            where, key, ext = split_name(name)
             if not ext:  # no extension, no field to file it under (webdataset skips these too): pass over it
                 before = {**start, "source": src.mark()}
                 continue
