@@ -30,6 +30,7 @@ def ended(pos: Any) -> bool:
     """Whether a position is after its epoch's last item."""
     return isinstance(pos, dict) and bool(pos.get("ended"))
 
+
 T = TypeVar("T")
 P = TypeVar("P", bound=dict)  # a pipe's position: a TypedDict with at least "epoch" and "source"
 
