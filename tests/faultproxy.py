@@ -1,7 +1,9 @@
 """An HTTP proxy that stands between a client and an S3 endpoint and breaks requests on purpose.
 
 Each request is either passed through or given one fault: an S3 error status, a body cut off after some
-bytes (the connection is then closed), or a stall that answers nothing. Faults come from a script (a
+bytes (the connection is then closed), a stall that answers nothing, or a rewrite that behaves like a
+store or gateway that bends the protocol (it drops request headers such as Range or If-Match before
+forwarding, and may relay the answer with another status and extra headers). Faults come from a script (a
 list consumed in request order) or at random with a seeded rate. Run by hand:
 
     python tests/faultproxy.py --upstream http://127.0.0.1:5000 --rate 0.1 --seed 1
@@ -31,10 +33,11 @@ _S3_ERRORS = {
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status", "truncate", "reset" or "stall"
+    kind: str  # "status", "truncate", "reset", "stall" or "rewrite"
     status: int = 0
     keep: int = 0  # bytes of the body sent before a truncate closes (or a reset resets) the connection
     headers: tuple[tuple[str, str], ...] = ()
+    drop: tuple[str, ...] = ()  # a rewrite: request headers (lower case) not forwarded upstream
 
     @classmethod
     def error(cls, status: int, **headers: str) -> Fault:
@@ -52,6 +55,12 @@ class Fault:
     def stall(cls) -> Fault:
         return cls("stall")
 
+    @classmethod
+    def rewrite(cls, drop: tuple[str, ...] = (), status: int = 0, **headers: str) -> Fault:
+        """Forward without the request headers ``drop``; relay the answer with ``status`` (if given) and
+        ``headers`` added or replaced (``_`` in a name becomes ``-``)."""
+        return cls("rewrite", status=status, headers=tuple(headers.items()), drop=drop)
+
 
 class Request(NamedTuple):
     """One request the proxy saw; ``headers`` has lower-case names (``range``, ``if-match``, ``authorization``)."""
@@ -68,13 +77,16 @@ class FaultProxy:
     ``script`` faults apply to requests in order (``None`` passes one through); once it is used up,
     ``rate`` gives each request that ``applies`` a seeded chance of a random fault. ``log`` records a
     :class:`Request` for every request, so with no faults the proxy also shows what a client sent.
+    ``after(request)``, if given, runs once upstream has answered a forwarded request and before the
+    answer is relayed (e.g. to replace an object between the first GET and the next).
     """
 
     def __init__(self, upstream: str, script: list[Fault | None] | None = None, rate: float = 0.0,
-                 seed: int = 0, applies: Callable[[str, str], bool] = lambda method, path: True) -> None:
+                 seed: int = 0, applies: Callable[[str, str], bool] = lambda method, path: True,
+                 after: Callable[[Request], None] | None = None) -> None:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.script = list(script or [])
-        self.rate, self.rng, self.applies = rate, random.Random(seed), applies
+        self.rate, self.rng, self.applies, self.after = rate, random.Random(seed), applies, after
         self.log: list[Request] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -127,7 +139,8 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._next_fault(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                seen = {k.lower(): v for k, v in self.headers.items()}
+                fault = proxy._next_fault(self.command, self.path, seen)
                 if fault is not None and fault.kind == "stall":
                     proxy._stop.wait(60)
                     self.close_connection = True
@@ -147,17 +160,26 @@ class FaultProxy:
                     return
                 up = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    drop = {"host", *(fault.drop if fault is not None and fault.kind == "rewrite" else ())}
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
                     headers["Host"] = proxy.upstream.netloc
                     up.request(self.command, self.path, body=body, headers=headers)
                     resp = up.getresponse()
                     data = resp.read()
                 finally:
                     up.close()
-                self.send_response(resp.status, resp.reason)
+                if proxy.after is not None:
+                    proxy.after(Request(self.command, self.path, fault, seen))
+                status, extra = resp.status, {}
+                if fault is not None and fault.kind == "rewrite":
+                    status = fault.status or status
+                    extra = {k.replace("_", "-").lower(): (k.replace("_", "-"), v) for k, v in fault.headers}
+                self.send_response(status, None if status != resp.status else resp.reason)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", *extra):
                         self.send_header(k, v)
+                for k, v in extra.values():
+                    self.send_header(k, v)
                 # a HEAD has no body: its Content-Length is the object's size
                 length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
                 self.send_header("Content-Length", length)

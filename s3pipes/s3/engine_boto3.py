@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
-from .errors import BODY_ERRORS, from_botocore
+from .errors import BODY_ERRORS, Failure, from_botocore
 
 _CHUNK = 1 << 20  # a read of the body at a time: what a break can lose
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")  # "bytes 0-99/1000" answers a ranged GET
 
 
 class _Response:
-    def __init__(self, resp: dict[str, Any]) -> None:
+    def __init__(self, resp: dict[str, Any], ranged: bool) -> None:
         self._resp = resp
         length = int(resp["ContentLength"])
-        span, _, total = resp.get("ContentRange", "").partition("/")  # "bytes 0-99/1000" for a ranged GET
-        self.start = int(span.split()[-1].partition("-")[0]) if total else 0
+        # A Content-Range on the answer to a GET that asked for none means nothing; on the answer to a
+        # ranged GET, one that cannot be read (a 206 with "bytes */0" for an empty object) is the
+        # store's error, which a plain GET avoids (see engine.read).
+        span = resp.get("ContentRange") if ranged else None
+        match = _CONTENT_RANGE.fullmatch(span.strip()) if span else None
+        if span and not match:
+            resp["Body"].close()
+            raise Failure("protocol", f"unreadable Content-Range {span!r} in the answer to a ranged GET")
+        self.start = int(match.group(1)) if match else 0
         self.end = self.start + length
-        self._size = int(total) if total else length
+        self._size = int(match.group(2)) if match else length
 
     @property
     def size(self) -> int:
@@ -52,7 +61,7 @@ class Boto3Engine:
         if etag:
             kwargs["IfMatch"] = etag
         try:
-            return _Response(self._client.get_object(**kwargs))
+            return _Response(self._client.get_object(**kwargs), "Range" in kwargs)
         except Exception as e:
             failure = from_botocore(e, self._attempts)
             if failure is None:

@@ -26,6 +26,11 @@ _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 _KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
+# object_store's complaints about an answer that arrived but that it cannot use (GetResultError): a
+# store that answers a range on an empty object with 206, a gateway that answers a range with 200 and
+# the whole object, a Content-Range it cannot parse. Not connection errors: a retry gets the same answer.
+_PROTOCOL = re.compile(r"Wanted range starting at|non-partial response|Content-Range|CONTENT_RANGE|"
+                       r"Requested \d+\.\.\d+, got|Header missing from response")
 _ERRORS = (BaseError, OSError)
 
 
@@ -43,6 +48,8 @@ def _failure(e: BaseException, attempts: int) -> Failure:
                        message.group(1) if message else detail, attempts)
     if "redirect" in text:
         return Failure("status", detail, 301, "PermanentRedirect", attempts=attempts)
+    if _PROTOCOL.search(text):
+        return Failure("protocol", detail, attempts=attempts)
     kind = _KIND.search(text)
     return Failure("timeout" if kind and kind.group(1) == "Timeout" else "connect", detail, attempts=attempts)
 

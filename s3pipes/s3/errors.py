@@ -39,6 +39,8 @@ _ROWS: list[tuple[tuple[str, ...], type[Exception], str]] = [
     (("connect",), ConnectionError, "cannot connect to the S3 endpoint to {action} after {attempts} attempts "
                                     "({detail}); check S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network"),
     (("broken",), ConnectionError, "the connection broke while trying to {action} ({detail})"),
+    (("protocol",), OSError, "the answer to the request to {action} breaks the S3 protocol ({detail}); a store, "
+                             "proxy or cache in between may mishandle Range or If-Match headers"),
     (("NoSuchBucket",), BucketNotFoundError,
      "bucket {bucket!r} does not exist; check the bucket name, the region and the endpoint"),
     (("NoSuchKey", "NotFound", "404"), FileNotFoundError, f"no such object; check the key ({LIST_HINT} lists a prefix)"),
@@ -60,8 +62,9 @@ _REFUSED = (OSError, "S3 refused to {action}: {code}: {message}")
 
 class Failure(Exception):
     """A request that failed for good, in one form for both engines. ``kind``: "status" (S3 answered
-    ``status`` with ``code``), "timeout", "connect", "credentials" or "broken" (the body broke);
-    ``detail`` is the engine's one-line account."""
+    ``status`` with ``code``), "timeout", "connect", "credentials", "broken" (the body broke) or
+    "protocol" (an answer the engine cannot use, e.g. a range it did not ask for: retrying would get
+    the same answer); ``detail`` is the engine's one-line account."""
 
     def __init__(self, kind: str, detail: str, status: int = 0, code: str = "", message: str = "",
                  attempts: int = 1, region: str | None = None) -> None:

@@ -98,7 +98,7 @@ class S3Writer(io.BufferedIOBase):
                 self._call("complete the upload", "complete_multipart_upload", UploadId=self._upload_id,
                            MultipartUpload={"Parts": parts})
         except BaseException:
-            self.abort()
+            self._abort_after_error()
             raise
         self._buf = bytearray()
         super().close()
@@ -116,19 +116,30 @@ class S3Writer(io.BufferedIOBase):
             self._call("abort the upload", "abort_multipart_upload", UploadId=self._upload_id)
             log.info("%s: upload aborted", self._url)
 
+    def _abort_after_error(self) -> None:
+        """:meth:`abort` while another error is on its way to the user: a refused abort (s3rver answers
+        405; an AWS role without s3:AbortMultipartUpload gets 403) must not replace that error, so it is
+        logged, with what it costs and how to clean up."""
+        try:
+            self.abort()
+        except Exception as e:  # noqa: BLE001 - the error being raised is the one that matters
+            u = S3Url.parse(self._url)
+            log.warning("%s: could not abort multipart upload %s (%s); the incomplete upload keeps costing "
+                        "storage until a lifecycle rule (AbortIncompleteMultipartUpload) or `aws s3api "
+                        "abort-multipart-upload --bucket %s --key %s --upload-id %s` removes it",
+                        self._url, self._upload_id, e, u.bucket, u.key, self._upload_id)
+
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self._abort_after_error()
 
     def __del__(self) -> None:
-        # io's finaliser would close(), completing an upload that was abandoned half-written.
+        # io's finaliser would close(), completing an upload that was abandoned half-written; nothing
+        # can be raised from a finaliser.
         if not self.closed:
-            try:
-                self.abort()
-            except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser
-                log.warning("%s: could not abort an abandoned upload", self._url, exc_info=True)
+            self._abort_after_error()
 
     def __getstate__(self) -> None:
         raise TypeError(f"an open S3 upload ({self._url}) cannot be pickled")

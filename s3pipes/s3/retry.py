@@ -96,6 +96,26 @@ class Breaks:
         log.info("%s: body broke at byte %d (%s); resuming", self.url, pos, cause)
 
 
+def _tag(etag: str) -> str:
+    return etag.removeprefix("W/").strip('"')
+
+
+def send(engine: Engine, key: str, start: int, end: int | None, etag: str | None, exact: bool = True) -> Response:
+    """``engine.send``, checked: a store or proxy that ignores If-Match would hand back part of a replaced
+    object, spliced into the old one, so the answer's ETag must be ``etag``; and one that ignores Range
+    (or answers another range) would hand back other bytes, so the answer must start at ``start`` and
+    end by ``end``, unless not ``exact`` (the caller takes a longer answer)."""
+    res = engine.send(key, start, end, etag)
+    if etag and res.etag and _tag(res.etag) != _tag(etag):
+        res.close()
+        raise Failure("status", f"ETag {res.etag} answered, {etag} asked for: If-Match was ignored",
+                      412, "PreconditionFailed")
+    if res.start != start or (exact and end is not None and res.end > end):
+        res.close()
+        raise Failure("protocol", f"bytes {res.start}-{res.end} answered, {start}-{end} asked for")
+    return res
+
+
 def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = False) -> list[Any]:
     """The body of ``res``, as buffers to join once. A body that breaks or ends short is requested again
     from the byte reached, pinned to the ETag so a replaced object is an error, not a splice, until
@@ -118,4 +138,4 @@ def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = 
             res.close()
         breaks.broke(pos, cause)
         whole = False  # stream the rest, so that another break keeps what arrived
-        res = engine.send(key, pos, end, res.etag)
+        res = send(engine, key, pos, end, res.etag)
