@@ -16,7 +16,8 @@ import pytest
 
 from s3pipes.cli import main
 
-THROUGHPUT = re.compile(r"demo: (\d+) samples, [\d.]+ MB in [\d.]+ s: \d+ samples/s, [\d.]+ MB/s; loss [\d.]+ -> [\d.]+")
+THROUGHPUT = re.compile(r"demo: (\d+) samples, [\d.]+ MB in [\d.]+ s: (\d+) samples/s, [\d.]+ MB/s "
+                        r"\(epoch average, worker start-up included\); loss [\d.]+ -> [\d.]+")
 
 
 def cli(*args: str, **kw: object) -> subprocess.Popen:
@@ -33,6 +34,10 @@ def test_demo_trains_and_prints_its_throughput() -> None:
     m = THROUGHPUT.search(out)
     assert m and int(m.group(1)) == 120, out
     assert "epoch 1" in err and "120/120" in err, "a tqdm progress bar on stderr"
+    # One rate, one meaning: the bar's final rate is the summary's (it showed 1,044 img/s against 2,451).
+    bar_rates = re.findall(r"120/120 \[[^\]]*?([\d.]+) ?(\w+)/s\]", err)
+    assert bar_rates and bar_rates[-1][1] == "samples", err
+    assert float(bar_rates[-1][0]) == pytest.approx(int(m.group(2)), rel=0.1), (err, out)
 
 
 def test_demo_keep_serves_until_ctrl_c() -> None:
