@@ -9,6 +9,7 @@ members by name instead of by position, which survives any member order.)
 
 import argparse
 import io
+import os
 
 from _transforms import preproc
 from PIL import Image
@@ -52,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("urls", nargs="+", help="an S3 prefix of shards, or shard URLs")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--buffer-size", type=int, default=4000)
     args = parser.parse_args()

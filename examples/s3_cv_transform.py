@@ -8,6 +8,7 @@ S3_ENDPOINT_URL (or AWS_ENDPOINT_URL) for an S3-compatible store, AWS_REGION for
 
 import argparse
 import io
+import os
 
 from _transforms import preproc
 from PIL import Image
@@ -35,7 +36,7 @@ class S3ImageSet(S3Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("urls", help="an S3 prefix of images, or one image URL")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 

@@ -42,8 +42,11 @@ def demo(args: argparse.Namespace) -> None:
         d.write_dataset(prefix, args.shards, args.per_shard)
         print("training a tiny model for one epoch, streamed through "
               "list_s3().shuffle_shards().read_s3(stream=True).load_tar().group_samples()", flush=True)
-        with tqdm(total=args.shards * args.per_shard, unit="img", desc="epoch 1") as bar:
-            stats = d.train_epoch(prefix, workers=args.workers, batch_size=args.batch_size, progress=bar.update)
+        # smoothing=0: the bar shows the average since the epoch's clock started (progress(0) resets it),
+        # the rate the summary prints, not a moving average of the last few batches.
+        with tqdm(total=args.shards * args.per_shard, unit=" samples", desc="epoch 1", smoothing=0) as bar:
+            stats = d.train_epoch(prefix, workers=args.workers, batch_size=args.batch_size,
+                                  progress=lambda n: bar.update(n) if n else bar.reset())
         print(f"demo: {stats} ({args.shards} shards, {args.workers} workers)", flush=True)
         if args.keep:
             print(f"\nthe endpoint stays up at {endpoint.url} with the dataset under {prefix}; to use it:")

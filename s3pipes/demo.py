@@ -145,22 +145,28 @@ class EpochStats:
     first_loss: float
     last_loss: float
 
+    # One rate, one meaning: samples over the epoch's wall clock, from asking for the first batch (so
+    # worker start-up counts) to the last optimizer step; the CLI's progress bar averages over the same span.
     def __str__(self) -> str:
         return (f"{self.samples} samples, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s: "
-                f"{self.samples / self.seconds:.0f} samples/s, {self.bytes / 1e6 / self.seconds:.2f} MB/s; "
-                f"loss {self.first_loss:.2f} -> {self.last_loss:.2f}")
+                f"{self.samples / self.seconds:.0f} samples/s, {self.bytes / 1e6 / self.seconds:.2f} MB/s "
+                f"(epoch average, worker start-up included); loss {self.first_loss:.2f} -> {self.last_loss:.2f}")
 
 
 def train_epoch(prefix: str, workers: int = 2, batch_size: int = 64, config: S3Config | None = None,
                 progress: Callable[[int], object] | None = None) -> EpochStats:
     """Train :func:`tiny_model` for one epoch on the shards under ``prefix``, streamed through a
-    DataLoader with ``workers`` workers; ``progress(n)`` is called after each batch of ``n`` samples."""
+    DataLoader with ``workers`` workers. ``progress(0)`` is called once when the epoch's clock starts
+    (just before the first batch is asked for), then ``progress(n)`` after each batch of ``n`` samples,
+    so a progress bar can time the same span as the returned :class:`EpochStats`."""
     nbytes = sum(o.size for o in client_for(prefix, config).list(prefix) if o.url.endswith(".tar"))
     model = tiny_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loader = DataLoader(pipeline(prefix, config), batch_size=batch_size, num_workers=workers)
     losses: list[float] = []
     samples = 0
+    if progress is not None:
+        progress(0)
     start = time.perf_counter()
     for images, labels in loader:
         loss = nn.functional.cross_entropy(model(images), labels)

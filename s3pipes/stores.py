@@ -6,6 +6,7 @@ Both are a :class:`Store`, and the pipes use nothing else of them.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol
 
@@ -148,11 +149,26 @@ class FsspecClient:
         with self._naming(url):
             return self.fs.open(self._path(url), "rb")
 
+    def _writable(self, url: str) -> str:
+        """The path ``url`` names, if it names a file that can be written; checked before any write
+        because fsspec strips "" to the working directory and "dir/" to "dir"."""
+        if not url.strip():
+            raise ValueError(f"empty URL {url!r}: name a file to write, e.g. 'ckpt/model.pt'")
+        if url.endswith(("/", os.sep)):
+            raise ValueError(f"{url!r} ends in '/'; name a file to write, e.g. '{url}model.pt'")
+        path = self._path(url)
+        if self.fs.isdir(path):
+            raise IsADirectoryError(f"{url}: is a directory; name a file to write, e.g. "
+                                    f"'{url.rstrip('/')}/model.pt'")
+        return path
+
     @contextmanager
     def open_write(self, url: str) -> Iterator[IO[bytes]]:
         """A binary file to write ``url``; it is committed when the block ends without an error and
-        discarded otherwise (an fsspec transaction: local files are written aside and renamed)."""
-        path = self._path(url)
+        discarded otherwise (an fsspec transaction: local files are written aside and renamed). An
+        empty name, a name ending in '/', or an existing directory is refused before anything is
+        touched: committing onto a directory would move the file into it and chmod the directory."""
+        path = self._writable(url)
         self.fs.makedirs(self.fs._parent(path), exist_ok=True)
         with self.fs.transaction, self.fs.open(path, "wb") as f:
             yield f

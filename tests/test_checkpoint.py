@@ -88,3 +88,49 @@ def test_local_and_memory_checkpoints(tmp_path) -> None:  # noqa: ANN001
     assert not (tmp_path / "c.pt").exists(), "a failed local write is discarded"
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/missing.pt"):
         s3pipes.load(str(tmp_path / "missing.pt"))
+
+
+class _Unpicklable:
+    def __reduce__(self) -> tuple:
+        raise RuntimeError("cannot pickle this")
+
+
+def _snapshot(root) -> dict[str, int]:  # noqa: ANN001
+    """Every entry under ``root`` with its mode: what a refused or failed save must leave as it was."""
+    return {str(p.relative_to(root)): p.lstat().st_mode for p in [root, *root.rglob("*")]}
+
+
+def test_a_refused_or_failed_local_save_touches_nothing(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """``save(obj, "ckpt/")`` on a folder used to move a tmpXXXXXXXX file into it and chmod it to
+    drw-r--r--; ``"newdir/"`` wrote a file named newdir. Refused before anything is touched, and a save
+    that fails midway leaves no temporary file (fsspec writes it aside in the temp directory)."""
+    work, temp = tmp_path / "work", tmp_path / "temp"
+    (work / "ckpt").mkdir(parents=True)
+    (work / "ckpt" / "old.pt").write_bytes(b"old")
+    temp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    before = _snapshot(work)
+    refused = {"ckpt/": (ValueError, r"^'ckpt/' ends in '/'; name a file to write, e.g. 'ckpt/model\.pt'"),
+               "newdir/": (ValueError, r"^'newdir/' ends in '/'; name a file to write"),
+               "ckpt": (IsADirectoryError, r"^ckpt: is a directory; name a file to write, e\.g\. 'ckpt/model\.pt'"),
+               ".": (IsADirectoryError, r"^\.: is a directory; name a file to write"),
+               str(work / "ckpt"): (IsADirectoryError, rf"^{work}/ckpt: is a directory; name a file to write"),
+               f"file://{work}/ckpt/": (ValueError, r"ends in '/'; name a file to write"),
+               "": (ValueError, r"^empty URL ''"), " ": (ValueError, r"^empty URL ' '")}
+    for url, (error, message) in refused.items():
+        with pytest.raises(error, match=message):
+            s3pipes.save({"w": torch.zeros(2)}, url)
+        with pytest.raises(error, match=message):
+            s3pipes.client_for(url).open_write(url).__enter__()
+        assert _snapshot(work) == before, url
+    with pytest.raises(RuntimeError, match="cannot pickle this"):  # fails midway, after torch wrote a part
+        s3pipes.save({"w": torch.zeros(1 << 20), "bad": _Unpicklable()}, "ckpt/new.pt")
+    with pytest.raises(KeyError):
+        with s3pipes.client_for("ckpt/old.pt").open_write("ckpt/old.pt") as f:
+            f.write(b"partial")
+            raise KeyError("the block failed")
+    assert _snapshot(work) == before and (work / "ckpt" / "old.pt").read_bytes() == b"old"
+    assert list(temp.iterdir()) == [], "no temporary file is left"
+    s3pipes.save({"w": torch.zeros(2)}, "ckpt/new.pt")  # a file name is written, and the folder keeps its mode
+    assert _snapshot(work) == {**before, "ckpt/new.pt": (work / "ckpt" / "new.pt").lstat().st_mode}

@@ -288,3 +288,27 @@ def test_iterable_example(data: str) -> None:
 
 def test_png_helper_round_trips() -> None:
     assert Image.open(io.BytesIO(png(300))).size == (8, 8) and label_of(png(300)) == 300
+
+
+def test_workers_forked_after_obstore_read_warn_once_per_process_tree(bucket: str, put) -> None:  # noqa: ANN001
+    """One read in the main process, then 2 loaders x 3 forked workers: every worker used to log the
+    same warning (6 lines). It comes once, from the process that forks, and says how to keep obstore."""
+    urls = [put(f"s3://{bucket}/fork/{i}.bin", bytes([i]) * 10) for i in range(6)]
+    code = f"""if True:
+        import logging
+        from torch.utils.data import DataLoader
+        from torch.utils.data.datapipes.iter import IterableWrapper
+        import s3pipes
+        logging.basicConfig(level=logging.WARNING)
+        assert s3pipes.S3Client().read({urls[0]!r}) == bytes(10)  # obstore runs here, before any fork
+        for _ in range(2):
+            dp = IterableWrapper({urls!r}).read_s3()
+            loader = DataLoader(dp, batch_size=None, num_workers=3, multiprocessing_context="fork")
+            assert sorted(u for u, _ in loader) == sorted({urls!r})
+    """
+    env = {**os.environ, "S3PIPES_ENGINE": "obstore"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "tokio" in line]
+    assert len(lines) == 1, out.stderr
+    assert "read S3 with boto3" in lines[0] and "multiprocessing_context='spawn' or 'forkserver'" in lines[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import re
+import time
 import uuid
 
 import fsspec
@@ -182,3 +183,18 @@ def test_relative_paths_list_as_given_and_symlinked_directories_are_skipped(tmp_
                                                 ("data/sub/a.txt", b"a")]
     assert list(IterableWrapper(["data/"]).list_s3().read_s3()) == list(s3pipes.S3Dataset("data/"))
     assert s3pipes.list_files("data/dirlink") == ["data/dirlink/c.txt"]  # named itself, a linked directory is read
+
+
+def test_iterable_dataset_over_a_tree_with_symlinked_directories_yields_each_file_once(tmp_path) -> None:  # noqa: ANN001
+    """``S3IterableDataset('.')`` in a project failed after 13 s with IsADirectoryError on
+    ``.venv/lib64`` (a link to ``lib``): a linked directory was listed as a file. Skipped, it cannot
+    repeat a file either, even when it links back to an ancestor."""
+    (tmp_path / "lib" / "pkg").mkdir(parents=True)
+    (tmp_path / "lib" / "pkg" / "m.py").write_bytes(b"m")
+    (tmp_path / "top.txt").write_bytes(b"t")
+    (tmp_path / "lib64").symlink_to("lib", target_is_directory=True)
+    (tmp_path / "lib" / "pkg" / "loop").symlink_to("../..", target_is_directory=True)
+    start = time.monotonic()
+    got = [(url, data) for url, data in s3pipes.S3IterableDataset(str(tmp_path))]
+    assert got == [(f"{tmp_path}/lib/pkg/m.py", b"m"), (f"{tmp_path}/top.txt", b"t")]
+    assert time.monotonic() - start < 5

@@ -66,16 +66,22 @@ def engine_name(cfg: S3Config) -> str:
     if name == "obstore" and engine_obstore is None:
         raise ValueError("engine 'obstore' is not installed; pip install obstore, or use S3Config(engine='boto3')")
     if name == "obstore" and engine_obstore.forked_after_use:
-        if not _warned_fork:
-            _warned_fork.append(True)
-            log.warning("pid %d was forked after obstore ran in its parent, where tokio cannot follow: reading "
-                        "with boto3 here (start DataLoader workers before the first read, or use "
-                        "multiprocessing_context='spawn' or 'forkserver', to keep obstore)", os.getpid())
-        return "boto3"
+        return "boto3"  # the parent said why, once, when it forked (_before_fork)
     return name
 
 
+# Whether this process tree has been told that its forks read with boto3. Inherited by forked children,
+# so the warning comes once from the process that forks (2 loaders x 3 workers: one line), not from each.
 _warned_fork: list[bool] = []
+
+
+def _before_fork() -> None:
+    if engine_obstore is not None and engine_obstore.used and not _warned_fork:
+        _warned_fork.append(True)
+        log.warning("pid %d forks after obstore read here, and tokio cannot follow a fork: the forked "
+                    "processes (DataLoader workers) read S3 with boto3. To keep obstore, start the "
+                    "DataLoader's workers before the first read in this process, or pass "
+                    "DataLoader(..., multiprocessing_context='spawn' or 'forkserver')", os.getpid())
 _lock = threading.Lock()
 # (pid, config) -> boto3 client; (pid, config, bucket, engine name) -> engine
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -90,7 +96,7 @@ def _after_fork() -> None:
     _pools.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 atexit.register(_clients.clear)  # drop obstore stores while the interpreter can still run their finalizers
 
 
