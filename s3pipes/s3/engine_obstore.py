@@ -42,7 +42,7 @@ def _failure(e: BaseException, attempts: int) -> Failure:
         code, message = _CODE.search(text), _MESSAGE.search(text)
         # obstore shows no headers: a body that is not an S3 error document is what gives a web server away
         body = _BODY.search(detail)
-        foreign = code is None and body is not None and body.group(1).strip() and not_s3(int(status.group(1)))
+        foreign = code is None and body is not None and bool(body.group(1).strip()) and not_s3(int(status.group(1)))
         kind = "foreign" if foreign else "status"
         return Failure(kind, detail, int(status.group(1)), code.group(1) if code else status.group(1),
                        message.group(1) if message else detail, attempts)
