@@ -15,7 +15,18 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 from tqdm import tqdm
 
 from .config import S3Config
+from .s3.errors import ANONYMOUS, ENDPOINT_ARG
 from .stores import client_for
+
+# The library's hints name S3Config fields and environment variables; here the same settings are options.
+_CLI_WORDS = [(ANONYMOUS, "--anonymous"), (ENDPOINT_ARG, "--endpoint-url"), ("set AWS_REGION=", "pass --region ")]
+
+
+def _for_cli(message: str) -> str:
+    """A library message with its hints reworded as this command's options."""
+    for library, cli in _CLI_WORDS:
+        message = message.replace(library, cli)
+    return message
 
 
 def _human(n: float) -> str:
@@ -145,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except (OSError, ValueError, ImportError) as e:  # the library's errors already say what to do
-        print(f"s3pipes {args.command}: {e}", file=sys.stderr)
+        print(f"s3pipes {args.command}: {_for_cli(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

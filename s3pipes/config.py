@@ -25,6 +25,12 @@ class S3Config:
     Credentials come only from the standard chain of boto3 (environment, profile, SSO, instance role);
     ``anonymous=True`` sends unsigned requests for public buckets.
 
+    ``connect_timeout`` and ``read_timeout`` (seconds; a read timeout is the longest wait for the next
+    bytes, the first byte of an answer included) bound each attempt, and a request makes up to
+    ``max_attempts``: an endpoint that accepts connections and never answers is an error after
+    ``max_attempts * (connect_timeout + read_timeout)`` plus the backoff between attempts (under 110 s
+    with the defaults, which are s3fs's), each retry logged at INFO on the ``s3pipes`` logger.
+
     ``engine`` picks what sends GETs: ``"obstore"`` (Rust; the GIL is released while a request waits),
     ``"boto3"`` (pure Python), or ``"auto"``: ``S3PIPES_ENGINE`` if set, else obstore when it is
     installed. Listing, HEAD and writes always go through boto3.
@@ -42,8 +48,8 @@ class S3Config:
     requester_pays: bool = False
     verify_ssl: bool | None = None
     max_attempts: int = 5
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
     max_concurrency: int = 64
     part_size: int = 8 * MiB
     engine: str = "auto"

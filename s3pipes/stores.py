@@ -7,11 +7,13 @@ Both are a :class:`Store`, and the pipes use nothing else of them.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from ._concurrent import imap
 from .config import S3Config
@@ -20,6 +22,8 @@ from .s3 import ObjectInfo, S3Client, S3Url
 # Reads FsspecClient.read_many runs at once when not told: enough to hide a network filesystem's
 # latency, few enough for a local disk.
 _CONCURRENCY = 16
+# S3's rule for bucket names: 3 to 63 lower-case letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class Store(Protocol):
@@ -86,7 +90,16 @@ class FsspecClient:
         except FileNotFoundError as e:
             if self.fs.isdir(self._path(url)):  # memory:// and others say "not found" for a directory
                 raise self._not_a_file(url) from e
-            raise FileNotFoundError(f"{url}: no such file; check the path") from e
+            raise FileNotFoundError(f"{url}: no such file; check the path{self._s3_hint(url)}") from e
+
+    def _s3_hint(self, url: str) -> str:
+        """For a missing relative path shaped like ``bucket/prefix`` whose first part does not exist
+        here either: the hint that it may be a bucket with ``s3://`` left off (it was read as a local
+        path). Only in an error message, so a real local path is never taken for a bucket."""
+        first, sep, _ = url.partition("/")
+        if not isinstance(self.fs, LocalFileSystem) or "://" in url or not sep or not _BUCKET.fullmatch(first):
+            return ""
+        return "" if os.path.lexists(first) else f"; did you mean s3://{url}?"
 
     def _is_file(self, path: str, info: dict[str, Any]) -> bool:
         """Whether a listed entry is a file. A symlink comes back from a listing as type "other"; it is
@@ -114,7 +127,7 @@ class FsspecClient:
             found = {}
         files = sorted(p for p, info in found.items() if self._is_file(p, info))
         if not files:
-            raise FileNotFoundError(f"{url}: no files under this path; check the path")
+            raise FileNotFoundError(f"{url}: no files under this path; check the path{self._s3_hint(url)}")
         root, base = path.rstrip("/"), url.rstrip("/")
         for p in files:
             yield ObjectInfo(f"{base}/{p[len(root):].lstrip('/')}", int(found[p]["size"]))

@@ -150,6 +150,7 @@ class FaultProxy:
                     xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
                            f"<Message>{message}</Message></Error>").encode()
                     self.send_response(fault.status)
+                    self.send_header("x-amz-request-id", "FAULTPROXY")  # S3 names every answer
                     for k, v in fault.headers:
                         self.send_header(k.replace("_", "-"), v)
                     self.send_header("Content-Type", "application/xml")

@@ -140,3 +140,45 @@ def test_readme_and_examples_ask_for_no_more_workers_than_a_2_core_machine_has()
     assert not any(too_many.values()), too_many
     for line in re.findall(r"^s3pipes .*", readme, re.M):
         assert not re.search(r"--workers ([3-9]|\d\d)", line), line
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_hints_name_the_cli_options(bucket: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    """The library's hints name S3Config fields; the command's name its options."""
+    port = _closed_port()
+    cases = [
+        (["--endpoint-url", f"127.0.0.1:{port}"], ["add http:// or https://", "--endpoint-url"]),
+        (["--endpoint-url", f"http://127.0.0.1:{port}"], [f"http://127.0.0.1:{port}", "check --endpoint-url"]),
+    ]
+    for options, words in cases:
+        assert main(["ls", f"s3://{bucket}/x/", *options]) == 1
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "S3Config(" not in err and "check S3_ENDPOINT_URL" not in err, err
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert main(["ls", f"s3://{bucket}/x/"]) == 1
+    err = capsys.readouterr().err
+    assert "no AWS credentials" in err and "--anonymous" in err and "S3Config(" not in err, err
+
+
+def test_cli_bucket_without_s3_scheme_hints_s3_but_local_paths_still_work(  # noqa: ANN001
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["ls", "s3pipes-demo/train/"]) == 1
+    assert "did you mean s3://s3pipes-demo/train/?" in capsys.readouterr().err
+    for missing in (f"{tmp_path}/s3pipes-demo/train/", "./s3pipes-demo/train/"):  # not shaped like bucket/prefix
+        assert main(["ls", missing]) == 1
+        assert "did you mean" not in capsys.readouterr().err
+    (tmp_path / "s3pipes-demo" / "train").mkdir(parents=True)
+    (tmp_path / "s3pipes-demo" / "train" / "a.tar").write_bytes(b"123")
+    assert main(["ls", "s3pipes-demo/train/"]) == 0, "a real relative path is a local path"
+    assert capsys.readouterr().out.splitlines()[0] == f"{3:>14,}  s3pipes-demo/train/a.tar"
+    assert main(["ls", "s3pipes-demo/valid/"]) == 1
+    assert "did you mean" not in capsys.readouterr().err, "its first part exists here: a local typo"

@@ -170,6 +170,38 @@ def test_each_bad_input_is_a_clear_error_within_seconds(case: str, bucket: str, 
     assert time.monotonic() - t < 5
 
 
+@pytest.mark.parametrize("engine", ["obstore", "boto3"])
+def test_silent_endpoint_times_out_logging_each_retry(engine: str, endpoint: str, bucket: str,  # noqa: ANN001
+                                                      caplog) -> None:
+    """A server that accepts connections and never answers: every retry is logged at INFO (what
+    `s3pipes -v` shows) with URL, attempt and cause, and the end is a TimeoutError within the budget."""
+    cfg = S3Config(endpoint_url=endpoint, engine=engine, max_attempts=3, connect_timeout=0.5, read_timeout=0.5)
+    url = f"s3://{bucket}/k"
+    with FaultProxy(endpoint, script=[Fault.stall()] * 10) as proxy, caplog.at_level(logging.INFO, logger="s3pipes"):
+        t = time.monotonic()
+        with pytest.raises(TimeoutError, match=f"{url}: timed out .* at {proxy.url}"):
+            S3Client(cfg.replace(endpoint_url=proxy.url)).read(url)
+        assert time.monotonic() - t < cfg.max_attempts * (cfg.connect_timeout + cfg.read_timeout) + 3
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == cfg.max_attempts - 1, caplog.text
+    for attempt, line in enumerate(retries, 1):
+        assert line.startswith(url) and f"attempt {attempt} of 3 failed" in line and "timeout" in line.lower(), line
+    logged = [r for r in caplog.records if r.getMessage() in retries]
+    assert all(r.levelno == logging.INFO and r.name.startswith("s3pipes") for r in logged), "what -v shows"
+
+
+def test_default_timeouts_give_up_within_two_minutes() -> None:
+    """The worst case of the defaults against a silent endpoint: every attempt waits out both timeouts,
+    with the longest backoff (throttled) between them."""
+    from s3pipes.s3.retry import retry_delay
+
+    cfg = S3Config()
+    backoff = sum(min(10.0, 0.5 * 2 ** (a - 1)) for a in range(1, cfg.max_attempts))
+    assert all(retry_delay(a, True) <= min(10.0, 0.5 * 2 ** (a - 1))
+               for a in range(1, cfg.max_attempts) for _ in range(50)), "the bound above holds"
+    assert cfg.max_attempts * (cfg.connect_timeout + cfg.read_timeout) + backoff < 120
+
+
 def test_credentials_never_appear(monkeypatch: pytest.MonkeyPatch, bucket: str, caplog, endpoint: str) -> None:  # noqa: ANN001
     secret, key_id = "SECRETs3pipes0123456789abcdefSECRET", "AKIAS3PIPESKEYID0000"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)

@@ -441,7 +441,48 @@ def test_unreachable_endpoint_is_a_connection_error_quickly() -> None:
     t = time.monotonic()
     with pytest.raises(ConnectionError, match="s3://b/k: cannot connect") as e:
         s3.read("s3://b/k")
-    assert "S3_ENDPOINT_URL" in str(e.value) and time.monotonic() - t < 5
+    # the hint names the endpoint and where it was set: here the config, not S3_ENDPOINT_URL
+    assert f"http://127.0.0.1:{port}" in str(e.value) and "S3Config(endpoint_url=...)" in str(e.value)
+    assert time.monotonic() - t < 5
+
+
+@pytest.fixture
+def web_server(tmp_path):  # noqa: ANN001, ANN201 - the URL of a plain web server, not S3
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_endpoint_that_is_not_s3_says_so(web_server: str, engine: str) -> None:
+    """`python -m http.server` as the endpoint: not "no such object" or "bucket does not exist"."""
+    s3 = S3Client(S3Config(endpoint_url=web_server, engine=engine, max_attempts=2))
+    for op in (s3.read, s3.size, s3.exists, lambda u: list(s3.list(u)), lambda u: list(s3.list(u + "/")),
+               lambda u: s3.read_range(u, 0, 10)):
+        with pytest.raises(ValueError) as e:
+            op("s3://bucket/train/k")
+        assert "s3://bucket/train/k" in str(e.value)
+        assert f"the endpoint {web_server} does not answer like S3" in str(e.value), str(e.value)
+        assert "S3Config(endpoint_url=...)" in str(e.value)
+
+
+@pytest.mark.parametrize("var", [None, "S3_ENDPOINT_URL"])
+def test_endpoint_without_scheme_says_add_http(var: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if var:
+        monkeypatch.setenv(var, "127.0.0.1:35357")
+    cfg = S3Config() if var else S3Config(endpoint_url="127.0.0.1:35357")
+    with pytest.raises(ValueError, match="'127.0.0.1:35357'.* add http:// or https://") as e:
+        S3Client(cfg).read("s3://b/k")
+    assert (var or "S3Config(endpoint_url=...)") in str(e.value)
 
 
 def test_stalled_server_is_a_timeout_error(endpoint: str, bucket: str) -> None:

@@ -63,7 +63,8 @@ class S3Client:
                 raise
             if failure is not e:
                 failure.__cause__ = e  # the chain shows botocore's own account
-            raise translate(failure, url, action) from failure
+            r = resolve(self.config)
+            raise translate(failure, url, action, r.endpoint_url, r.endpoint_setting) from failure
 
     @contextmanager
     def _reading(self, u: S3Url) -> Iterator[None]:

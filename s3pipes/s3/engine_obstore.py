@@ -19,7 +19,7 @@ from obstore.exceptions import BaseError, PreconditionError
 from obstore.store import S3Store
 
 from ..config import S3Config
-from .errors import Failure
+from .errors import Failure, not_s3
 from .retry import retrying
 
 _STATUS = re.compile(r"status code: (\d{3})")
@@ -31,6 +31,7 @@ _KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
 # the whole object, a Content-Range it cannot parse. Not connection errors: a retry gets the same answer.
 _PROTOCOL = re.compile(r"Wanted range starting at|non-partial response|Content-Range|CONTENT_RANGE|"
                        r"Requested \d+\.\.\d+, got|Header missing from response")
+_BODY = re.compile(r"status code: \d{3}[^:\n]*: (.*)", re.DOTALL)  # the body after the status line
 _ERRORS = (BaseError, OSError)
 
 
@@ -44,7 +45,11 @@ def _failure(e: BaseException, attempts: int) -> Failure:
     status = _STATUS.search(text)
     if status:
         code, message = _CODE.search(text), _MESSAGE.search(text)
-        return Failure("status", detail, int(status.group(1)), code.group(1) if code else status.group(1),
+        # obstore shows no headers: a body that is not an S3 error document is what gives a web server away
+        body = _BODY.search(detail)
+        foreign = code is None and body is not None and bool(body.group(1).strip()) and not_s3(int(status.group(1)))
+        kind = "foreign" if foreign else "status"
+        return Failure(kind, detail, int(status.group(1)), code.group(1) if code else status.group(1),
                        message.group(1) if message else detail, attempts)
     if "redirect" in text:
         return Failure("status", detail, 301, "PermanentRedirect", attempts=attempts)
@@ -132,7 +137,7 @@ class ObstoreEngine:
 
         self._store = S3Store(bucket, config=config, client_options=client, retry_config={"max_retries": 0},
                               credential_provider=None if cfg.anonymous else provide)  # type: ignore[arg-type]
-        self._attempts = cfg.max_attempts
+        self._attempts, self._bucket = cfg.max_attempts, bucket
 
     def send(self, key: str, start: int, end: int | None, etag: str | None) -> _Response:
         global used
@@ -143,5 +148,5 @@ class ObstoreEngine:
         if etag:
             opts["if_match"] = etag
         res = retrying(lambda: obstore.get(self._store, key, options=opts),  # type: ignore[arg-type]
-                       self._attempts, _ERRORS, _failure)
+                       self._attempts, _ERRORS, _failure, f"s3://{self._bucket}/{key} (GET)")
         return _Response(res, end)

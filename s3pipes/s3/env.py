@@ -24,6 +24,7 @@ from botocore import UNSIGNED
 from ..config import S3Config
 from .engine import Engine
 from .engine_boto3 import Boto3Engine
+from .errors import ENDPOINT_ARG
 from .retry import install_retries
 
 try:
@@ -43,17 +44,23 @@ class Resolved:
     endpoint_url: str | None
     path_style: bool
     verify: bool
+    endpoint_setting: str  # where the endpoint was set, in the words of a hint
 
 
 def resolve(cfg: S3Config) -> Resolved:
     """The config's settings, with fields left at None read from the environment (see S3Config)."""
-    endpoint = cfg.endpoint_url or next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    setting = ENDPOINT_ARG if cfg.endpoint_url else next((v for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    endpoint = cfg.endpoint_url or (os.environ[setting] if setting else None)
+    if endpoint and "://" not in endpoint:  # botocore's "Invalid endpoint: host:port" suggests nothing
+        raise ValueError(f"endpoint {endpoint!r} (set by {setting}) has no scheme: add http:// or https://, "
+                         f"e.g. http://{endpoint}")
     region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         region = _session(cfg).region_name
     path_style = cfg.path_style if cfg.path_style is not None else endpoint is not None
     verify = cfg.verify_ssl if cfg.verify_ssl is not None else os.environ.get("S3_VERIFY_SSL", "1") != "0"
-    return Resolved(region or DEFAULT_REGION, endpoint, path_style, verify)
+    return Resolved(region or DEFAULT_REGION, endpoint, path_style, verify,
+                    setting or f"S3_ENDPOINT_URL or {ENDPOINT_ARG}")
 
 
 def engine_name(cfg: S3Config) -> str:

@@ -48,22 +48,48 @@ class _NoQuota:
         return True
 
 
+def log_retry(what: str, attempt: int, attempts: int, cause: str, delay: float) -> None:
+    """One INFO line per retry, for both engines: a stalled or failing endpoint is otherwise silent for
+    the whole of its attempts (``s3pipes -v`` shows these)."""
+    log.info("%s: attempt %d of %d failed (%s); retrying in %.1f s", what, attempt, attempts, cause, delay)
+
+
+def _botocore_cause(kwargs: dict[str, Any]) -> str:
+    if kwargs.get("caught_exception") is not None:
+        return str(kwargs["caught_exception"]).splitlines()[0]
+    http, parsed = kwargs["response"]
+    return f"HTTP {http.status_code} {parsed.get('Error', {}).get('Code', '')}".strip()
+
+
 def install_retries(client: Any, max_attempts: int) -> None:
-    """botocore's standard retry conditions (5xx, throttling, connection errors, timeouts) with our backoff."""
+    """botocore's standard retry conditions (5xx, throttling, connection errors, timeouts) with our
+    backoff, each retry logged."""
     adapter = retries.RetryEventAdapter()
     policy = retries.RetryPolicy(
         retry_checker=retries.StandardRetryConditions(max_attempts=max_attempts),
         retry_backoff=_Backoff(retries.ThrottlingErrorDetector(adapter)),
     )
     handler = retries.RetryHandler(policy, adapter, _NoQuota())
+
+    def needs_retry(**kwargs: Any) -> float | None:
+        delay = handler.needs_retry(**kwargs)
+        if delay is not None:
+            params = kwargs["request_dict"].get("context", {}).get("input_params", {})
+            what = (f"s3://{params['Bucket']}/{params.get('Key', params.get('Prefix', ''))}" if "Bucket" in params
+                    else kwargs["request_dict"].get("url", "?"))
+            log_retry(f"{what} ({kwargs['operation'].name})", kwargs["attempts"], max_attempts,
+                      _botocore_cause(kwargs), delay)
+        return delay
+
     client.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
-    client.meta.events.register("needs-retry.s3", handler.needs_retry, unique_id="retry-config-s3")
+    client.meta.events.register("needs-retry.s3", needs_retry, unique_id="retry-config-s3")
 
 
 def retrying(call: Callable[[], T], attempts: int, errors: tuple[type[BaseException], ...],
-             failure: Callable[[BaseException, int], Failure]) -> T:
+             failure: Callable[[BaseException, int], Failure], what: str = "request") -> T:
     """``call()``, repeated up to ``attempts`` times while what it raises (one of ``errors``, made a
-    :class:`Failure` by ``failure(error, attempt)``) may be retried; for a client with no retries of its own."""
+    :class:`Failure` by ``failure(error, attempt)``) may be retried; for a client with no retries of its
+    own. ``what`` names the request in the log line of each retry."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -71,7 +97,9 @@ def retrying(call: Callable[[], T], attempts: int, errors: tuple[type[BaseExcept
             f = failure(e, attempt)
             if not f.retryable or attempt == attempts:
                 raise f from e
-        time.sleep(retry_delay(attempt, f.throttled))
+        delay = retry_delay(attempt, f.throttled)
+        log_retry(what, attempt, attempts, f.cause, delay)
+        time.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -93,7 +121,8 @@ class Breaks:
             raise ConnectionError(
                 f"{self.url}: the response body broke {self.attempts} times in a row, last at byte {pos}: {cause}"
             ) from cause
-        log.info("%s: body broke at byte %d (%s); resuming", self.url, pos, cause)
+        log.info("%s: body broke at byte %d (%s); resuming (%d of %d breaks left)", self.url, pos, cause,
+                 self.left, self.attempts)
 
 
 def _tag(etag: str) -> str:
