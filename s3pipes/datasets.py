@@ -20,7 +20,7 @@ from .pipes._payload import ArchiveExpander, Payload
 from .pipes._state import Cursor, Mark, Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
-from .pipes.reader import S3Reader
+from .pipes.reader import S3Reader, share
 from .pipes.shard_shuffler import ShardShuffler
 from .pipes.tar import iter_tar
 from .pipes.zip import iter_zip
@@ -131,7 +131,8 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
             self._objects = _count_objects(self.urls, self.config)
         if not self.shard:
             return self._objects  # every rank reads every object
-        return _rank_share(self._objects, _dist.current() or self._dist, self.even_ranks)
+        rank, world = _dist.current() or self._dist or (0, 1)
+        return share(self._objects, world, world, rank, self.even_ranks)  # a rank's workers, summed
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled in the main process as workers start: the last moment the rank is known for sure.
@@ -253,15 +254,6 @@ def _count_objects(urls: list[str], config: S3Config | None) -> int:
                 f"from __len__ in a subclass, or do without len (DataLoader does not need it)")
         count += 1
     return count
-
-
-def _rank_share(objects: int, dist: tuple[int, int] | None, even_ranks: bool | None) -> int:
-    """How many of ``objects`` one rank reads: ``S3Reader`` deals them out by position over ranks x
-    workers, which gives a rank every ``world``-th object, less the remainder when evening out ranks."""
-    rank, world = dist or (0, 1)
-    if world > 1 and even_ranks is not False:
-        objects -= objects % world
-    return objects // world + (rank < objects % world)
 
 
 # Tar members the plugin's tardata skipped by default: webdataset metadata such as "__key__" or "__x__/y".

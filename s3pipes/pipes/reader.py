@@ -134,7 +134,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         if ranks > 1 and self.even_ranks is not False:
             own = list(own)  # type: ignore[assignment]
             total = src.count
-            keep = total - total % ranks
+            keep = evened(total, ranks, self.even_ranks)
             if keep < total:
                 log.info("read_s3: leaving out %d of %d objects this epoch so that %d ranks read %d each",
                          total - keep, total, ranks, keep // ranks)
@@ -184,17 +184,26 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
     def __len__(self) -> int:
         if not isinstance(self.source_datapipe, Sized):
             raise TypeError(f"{type(self).__name__}'s length depends on a source without one")
-        total, ranks = len(self.source_datapipe), self._ranks()
-        if ranks > 1 and self.even_ranks is not False:
-            total -= total % ranks
-        n, rest = divmod(total, self.num_instances)
-        return n + (self.instance_id < rest)
+        return share(len(self.source_datapipe), self._ranks(), self.num_instances, self.instance_id,
+                     self.even_ranks)
 
     def __repr__(self) -> str:
         # torch names this in its "Sharding twice" error when a sharding_filter follows: shard=True is the hint.
         return f"S3Reader(shard={self.shard})"
 
     __str__ = __repr__
+
+
+def evened(total: int, ranks: int, even_ranks: bool | None) -> int:
+    """How many of ``total`` objects the ranks read: all, less the remainder when ranks are evened out."""
+    return total - total % ranks if ranks > 1 and even_ranks is not False else total
+
+
+def share(total: int, ranks: int, instances: int, instance: int, even_ranks: bool | None) -> int:
+    """How many of ``total`` objects instance ``instance`` of ``instances`` reads: they are dealt out by
+    position (the DataLoader numbers ranks x workers ``worker * ranks + rank``)."""
+    n, rest = divmod(evened(total, ranks, even_ranks), instances)
+    return n + (instance < rest)
 
 
 class _Progress:
