@@ -4,7 +4,8 @@ from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
 from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists, get_file_size, list_files
-from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
+from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError, StaleIndexError
+from .index import Index, build_index, find_index
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .stores import FsspecClient, client_for
@@ -14,6 +15,7 @@ __all__ = [
     "BufferShuffler",
     "CorruptArchiveError",
     "FsspecClient",
+    "Index",
     "ObjectChangedError",
     "ObjectInfo",
     "S3Client",
@@ -28,9 +30,12 @@ __all__ = [
     "ShardCache",
     "ShardShuffler",
     "ShuffleDataset",
+    "StaleIndexError",
     "TarExpander",
     "ZipExpander",
+    "build_index",
     "file_exists",
+    "find_index",
     "get_file_size",
     "list_files",
     "client_for",

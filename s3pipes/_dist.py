@@ -7,10 +7,13 @@ captured in the main process (when a dataset is built or pickled to its workers)
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 from torch.utils.data.graph_settings import _is_sharding_datapipe
+
+T = TypeVar("T")
 
 
 def current() -> tuple[int, int] | None:
@@ -19,6 +22,30 @@ def current() -> tuple[int, int] | None:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return None
+
+
+_gloo: list[object] = []  # this process's gloo group, for objects whatever the default backend
+
+
+def from_rank0(take: Callable[[], T]) -> T:
+    """``take()`` on rank 0, sent to every rank, when torch.distributed is initialized (a collective:
+    every rank must call it at the same point); else ``take()`` here. One listing per job, not per rank."""
+    ranks = current()
+    if ranks is None or ranks[1] == 1:
+        return take()
+    if not _gloo:
+        _gloo.append(dist.new_group(backend="gloo"))  # NCCL would need a GPU to carry Python objects
+    box: list[Any] = [None]
+    if ranks[0] == 0:
+        try:
+            box = [(take(), None)]
+        except Exception as e:  # every rank raises it: the others must not wait for a listing forever
+            box = [(None, e)]
+    dist.broadcast_object_list(box, src=0, group=_gloo[0])  # type: ignore[arg-type]
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
 
 
 def instance(captured: tuple[int, int] | None) -> tuple[int, int]:

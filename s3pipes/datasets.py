@@ -115,6 +115,9 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
         self.shard, self.skip_corrupt, self._skipped = shard, skip_corrupt, 0
         self._members: _Members | None = None
         self._dist = _dist.current()
+        # Listed here, once per rank, as the plugin did: workers get the listing with the dataset.
+        self._lister = S3Lister(self.urls, config=config)
+        self._lister.listing(per_rank=True)
 
     @property
     def skipped(self) -> int:
@@ -144,7 +147,7 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
     def _source(self, start: IterPos) -> Cursor:
         if self.shard:
             _dist.refuse_sharding_above(type(self).__name__)
-        shards: Any = S3Lister(self.urls, config=self.config)
+        shards: Any = self._lister
         if self.shuffle_urls:
             shards = ShardShuffler(shards, seed=self.seed)
             shards.set_epoch(start["epoch"])

@@ -11,3 +11,8 @@ class ObjectChangedError(OSError):
 
 class CorruptArchiveError(ValueError):
     """A tar or zip shard could not be read; the message names the shard and, where known, the member."""
+
+
+class StaleIndexError(ObjectChangedError):
+    """A shard no longer matches the prefix's index (changed, resized or gone); the message names the
+    shard and the command that rebuilds the index."""

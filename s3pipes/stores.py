@@ -56,7 +56,7 @@ class FsspecClient:
     >>> import fsspec
     >>> fsspec.filesystem("memory").pipe("/doc/a.bin", b"abc")
     >>> fs = client_for("memory://doc/")
-    >>> [tuple(o) for o in fs.list("memory://doc/")], fs.read_range("memory://doc/a.bin", 1, 3)
+    >>> [(o.url, o.size) for o in fs.list("memory://doc/")], fs.read_range("memory://doc/a.bin", 1, 3)
     ([('memory://doc/a.bin', 3)], b'bc')
     """
 

@@ -170,9 +170,9 @@ def test_list_object_url_dir_without_slash_and_markers(bucket: str, put) -> None
     put(f"s3://{bucket}/train/", b"")  # a console "folder" marker
     put(f"s3://{bucket}/trainee.txt", b"not under train/")
     want = [(f"s3://{bucket}/train/a.tar", 2), (f"s3://{bucket}/train/sub/b.tar", 3)]
-    assert [tuple(o) for o in s3.list(f"s3://{bucket}/train/")] == want
-    assert [tuple(o) for o in s3.list(f"s3://{bucket}/train")] == want
-    assert [tuple(o) for o in s3.list(f"s3://{bucket}/train/a.tar")] == want[:1]
+    assert [tuple(o)[:2] for o in s3.list(f"s3://{bucket}/train/")] == want
+    assert [tuple(o)[:2] for o in s3.list(f"s3://{bucket}/train")] == want
+    assert [tuple(o)[:2] for o in s3.list(f"s3://{bucket}/train/a.tar")] == want[:1]
 
 
 def test_empty_prefix_is_file_not_found_naming_it(bucket: str) -> None:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 from typing import Iterable, Iterator, Sequence, TypedDict
 
-from torch.utils.data import IterDataPipe
+from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 
+from .. import _dist
 from ..config import S3Config
+from ..index import INDEX_NAME, Shard, find_index
 from ..s3 import S3Client
 from ..stores import client_for
 from ._state import Cursor, Mark, Resumable
+
+log = logging.getLogger(__name__)
 
 
 class ListPos(TypedDict):
@@ -58,26 +63,73 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
         self.source_datapipe = source_datapipe
         self.masks = [masks] if isinstance(masks, str) else list(masks)
         self.client = S3Client(config)
+        self._listing: Listing | None = None
+
+    def set_seed(self, seed: int) -> S3Lister:
+        """Takes the listing. The DataLoader calls ``set_seed`` on the pipes of its graph in the main
+        process as each iteration begins, before it starts workers (and in persistent workers as later
+        epochs begin): the one moment every kind of worker start can inherit from. The seed is unused."""
+        if get_worker_info() is None:
+            self.listing()
+        return self
+
+    def listing(self, per_rank: bool = False) -> Listing:
+        """The URLs this pipe yields each epoch, taken once (one GET of each prefix's index where it has
+        one, else its LIST pages) and kept: workers get it with the pipe and do not list. Under
+        ``torch.distributed``, in the DataLoader's main process, rank 0 takes it and sends it to the
+        others (a collective) unless ``per_rank``."""
+        if self._listing is None:
+            if get_worker_info() is not None:
+                log.debug("list_s3: listing in a DataLoader worker: the DataLoader did not reach this pipe "
+                          "in its main process (is it inside another dataset?)")
+                self._listing = self._take()
+            else:
+                self._listing = self._take() if per_rank else _dist.from_rank0(self._take)
+        return self._listing
+
+    def _take(self) -> Listing:
+        listing = Listing()
+        for prefix in self.source_datapipe:
+            found = False
+            index = find_index(prefix, self.client.config) if prefix.endswith("/") else None
+            shards = index if index is not None else (o for o in client_for(prefix, self.client.config).list(prefix)
+                                                      if not o.url.endswith("/" + INDEX_NAME))
+            for obj in shards:
+                name = obj.url.rsplit("/", 1)[-1]
+                if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
+                    found = True
+                    listing.add(obj.url, obj if index is not None else None)  # type: ignore[arg-type]
+            if not found:
+                raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
+        return listing
 
     def _begin(self) -> ListPos:
         return {"epoch": self.epoch, "source": None, "yielded": 0}
 
     def _source(self, start: ListPos) -> Cursor:
-        return Cursor(self.source_datapipe)  # the prefixes are listed again: skipping by URL is exact
+        return Cursor(())  # the listing is taken once and kept
 
     def _run(self, start: ListPos, src: Cursor) -> Iterator[str]:
-        skip = done = start["yielded"]
-        for prefix in src:
-            found = False
-            for obj in client_for(prefix, self.client.config).list(prefix):
-                name = obj.url.rsplit("/", 1)[-1]
-                if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
-                    found = True
-                    if skip:  # resuming: listing again is cheap, yielding again would repeat
-                        skip -= 1
-                        continue
-                    done += 1
-                    self._pos = {**start, "yielded": done}
-                    yield obj.url
-            if not found:
-                raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
+        done = start["yielded"]
+        for url in self.listing().urls[done:]:
+            done += 1
+            self._pos = {**start, "yielded": done}
+            yield url
+
+    def __len__(self) -> int:
+        return len(self.listing().urls)
+
+
+class Listing:
+    """The URLs a lister yields, and the index entries of those under an indexed prefix. Not a
+    collection on purpose: torch's graph walk (each epoch) pickles the collections a pipe holds, and
+    skips other objects."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.shards: dict[str, Shard] = {}
+
+    def add(self, url: str, shard: Shard | None) -> None:
+        self.urls.append(url)
+        if shard is not None:
+            self.shards[url] = shard

@@ -149,13 +149,13 @@ class S3Client:
         u = S3Url.parse(url)
         if not u.is_prefix:
             try:
-                size = self.size(url)
+                head = self.head(url)
             except BucketNotFoundError:
                 raise
             except FileNotFoundError:
                 u = u.child(u.key + "/")
             else:
-                yield ObjectInfo(url, size)
+                yield ObjectInfo(url, int(head["ContentLength"]), head.get("ETag"))
                 return
         found = False
         pages = iter(self._s3.get_paginator("list_objects_v2").paginate(Bucket=u.bucket, Prefix=u.key, **self._extra()))
@@ -168,7 +168,7 @@ class S3Client:
                 if obj["Key"].endswith("/"):
                     continue
                 found = True
-                yield ObjectInfo(f"s3://{u.bucket}/{obj['Key']}", int(obj["Size"]))
+                yield ObjectInfo(f"s3://{u.bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag"))
         if not found:
             if str(u) != url:
                 raise FileNotFoundError(f"{url}: no such object, and no objects under {u}; check the key")

@@ -39,7 +39,8 @@ def parse_url(url: str) -> S3Url:
 
 
 class ObjectInfo(NamedTuple):
-    """One listed object: its URL and size in bytes."""
+    """One listed object: its URL, its size in bytes, and its ETag where the store has one."""
 
     url: str
     size: int
+    etag: str | None = None
