@@ -78,6 +78,15 @@ def ls(args: argparse.Namespace) -> None:
     print(f"{count} objects, {_human(total)} ({total:,} bytes)")
 
 
+def index(args: argparse.Namespace) -> None:
+    from .index import build_index
+
+    built = build_index(args.url, config=_config(args), concurrency=args.concurrency, progress=True)
+    shards = built.shards
+    print(f"index: {built.url}: {len(shards)} shards, {sum(s.members for s in shards):,} members, "
+          f"{sum(s.samples for s in shards):,} samples, {_human(sum(s.size for s in shards))}")
+
+
 def _consume(item: tuple[str, Any]) -> int:
     """Read one payload in the worker and hand back only its size, so the bench measures the store,
     not the copy of every byte to the main process."""
@@ -137,6 +146,15 @@ def parser() -> argparse.ArgumentParser:
                                         "their sizes, then the count and total.")
     store_options(ls_cmd)
     ls_cmd.set_defaults(run=ls)
+
+    i = sub.add_parser("index", help="write the index of a prefix: shards, sizes, ETags, members, samples",
+                       description="Scan every object under a prefix and write _s3pipes_index.jsonl.gz beside "
+                                   "them: list_s3 then reads it with one GET instead of listing, lengths are "
+                                   "exact, ranks get equal samples, and resumes start at the next member. Under "
+                                   "torchrun the shards are split over the ranks and rank 0 writes the index.")
+    store_options(i)
+    i.add_argument("--concurrency", type=int, metavar="N", default=32, help="shards scanned at once (default 32)")
+    i.set_defaults(run=index)
 
     b = sub.add_parser("bench", help="measure read throughput of a prefix",
                        description="Read every object under a prefix through read_s3 in a DataLoader and "

@@ -180,6 +180,7 @@ class _Members(ArchiveExpander):
     """The members of ``S3IterableDataset``'s shards, as the plugin named them."""
 
     expand = staticmethod(_expand_any)
+    resume_by_offset = False  # members named __meta__ are left out, so they do not count as the index does
 
     def __init__(self, source_datapipe: S3Reader, skip_corrupt: bool, skipped: int) -> None:
         super().__init__(source_datapipe, skip_corrupt)  # type: ignore[arg-type]

@@ -58,3 +58,29 @@ def run_rank(rank: int, world: int, port: int, url: str, out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
     dist.destroy_process_group()
+
+
+def _keys(batch: dict[str, Any]) -> list[str]:
+    return batch["__key__"]
+
+
+def run_ragged(rank: int, world: int, port: int, url: str, out: str) -> None:
+    """A DDP step loop over ragged shards with an index: each rank records its samples and steps."""
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = (IterableWrapper([url]).list_s3().shuffle_shards().read_s3().load_tar().group_samples()
+          .map(lambda s: {"__key__": s["__key__"], "x": torch.tensor([float(s["cls"])])}))
+    loader = DataLoader(dp, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    seen, steps = [], 0
+    for batch in loader:  # a rank with fewer batches would leave the other waiting in backward()
+        model(batch["x"]).sum().backward()
+        opt.step()
+        seen += batch["__key__"]
+        steps += 1
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"seen": seen, "steps": steps, "len": len(dp)}, f)
+    dist.destroy_process_group()

@@ -11,8 +11,9 @@ one shard::
      "samples": 10, "offsets": [["s0.png", 0, 512, 1234], ...]}
 
 ``offsets`` (uncompressed tars only) gives each regular member's name, the offset of its header (where a
-tar stream may start), the offset of its data and its size. Compressed tars and zips record counts only:
-an offset into a compressed stream cannot start a ranged GET.
+tar stream may start), the offset of its data and its size. A compressed tar records ``starts``, the
+member each sample begins with, instead: an offset into a compressed stream cannot start a ranged GET.
+Zips record counts only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from ..errors import StaleIndexError
-from ..pipes.grouper import split_name
+from .._names import split_name
 
 INDEX_NAME = "_s3pipes_index.jsonl.gz"
 FORMAT, VERSION = "s3pipes-index", 1
@@ -42,11 +43,14 @@ class Shard:
     members: int  # items load_tar / load_zip yield for it (1 for a plain object)
     samples: int  # samples group_samples makes of them
     offsets: tuple[Member, ...] | None = None  # uncompressed tars only
+    starts: tuple[int, ...] | None = None  # compressed tars: the member each sample begins with
 
     def sample_starts(self) -> list[int]:
-        """Index into ``offsets`` of each sample's first member (members without an extension, which
-        ``group_samples`` passes over, belong to no sample); ``[]`` without offsets."""
-        return _sample_starts([m[0] for m in self.offsets or ()])
+        """The index of each sample's first member among the shard's members (members without an
+        extension, which ``group_samples`` passes over, belong to no sample)."""
+        if self.offsets is not None:
+            return sample_starts([m[0] for m in self.offsets])
+        return list(self.starts) if self.starts is not None else list(range(self.samples))
 
     def stale(self, why: str) -> StaleIndexError:
         prefix = self.url.rsplit("/", 1)[0] + "/"
@@ -62,7 +66,7 @@ class Shard:
             raise self.stale(f"its ETag is {etag} now, {self.etag} when indexed")
 
 
-def _sample_starts(names: Iterable[str]) -> list[int]:
+def sample_starts(names: Iterable[str]) -> list[int]:
     starts, last = [], None
     for i, name in enumerate(names):
         where, key, ext = split_name(name)
@@ -74,7 +78,7 @@ def _sample_starts(names: Iterable[str]) -> list[int]:
 
 def count_samples(names: Iterable[str]) -> int:
     """How many samples ``group_samples`` makes of members with these names, in this order."""
-    return len(_sample_starts(names))
+    return len(sample_starts(names))
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class Index:
                                    "members": s.members, "samples": s.samples}
             if s.offsets is not None:
                 row["offsets"] = s.offsets
+            if s.starts is not None:
+                row["starts"] = s.starts
             lines.append(json.dumps(row, separators=(",", ":")))
         return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6)
 
@@ -113,7 +119,8 @@ class Index:
         rows = json.loads("[" + body.rstrip("\n").replace("\n", ",") + "]") if body.strip() else []
         shards = tuple(
             Shard(prefix + r["key"], r["size"], r["etag"], r["kind"], r["members"], r["samples"],
-                  tuple(map(tuple, r["offsets"])) if "offsets" in r else None)  # type: ignore[arg-type]
+                  tuple(map(tuple, r["offsets"])) if "offsets" in r else None,  # type: ignore[arg-type]
+                  tuple(r["starts"]) if "starts" in r else None)
             for r in rows)
         if len(shards) != meta.get("shards"):
             raise ValueError(f"{index_url(prefix)}: holds {len(shards)} shards, its header says "

@@ -11,7 +11,7 @@ from typing import Any
 from ..pipes.tar import _COMPRESSED, _StrictTarInfo
 from ..s3 import ObjectInfo
 from ..stores import Store
-from .format import Member, Shard, count_samples
+from .format import Member, Shard, count_samples, sample_starts
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 # The first ranged GET of a shard, and the most one GET asks for as reading goes on in order.
@@ -81,5 +81,6 @@ def scan(store: Store, obj: ObjectInfo) -> Shard:
                 members.append((info.name, info.offset, info.offset_data, info.size))
     names = [m[0] for m in members]
     if compressed:
-        return Shard(url, obj.size, obj.etag, "tar.gz", len(names), count_samples(names))
+        starts = sample_starts(names)
+        return Shard(url, obj.size, obj.etag, "tar.gz", len(names), len(starts), None, tuple(starts))
     return Shard(url, obj.size, obj.etag, "tar", len(names), count_samples(names), tuple(members))

@@ -10,8 +10,9 @@ from typing import BinaryIO, Callable, Iterator, TypedDict, Union
 from ..errors import CorruptArchiveError
 from torch.utils.data import IterDataPipe
 
+from ._plan import planned
 from ._state import Cursor, Mark, Resumable
-from .grouper import split_name
+from .._names import split_name
 
 log = logging.getLogger("s3pipes")
 
@@ -53,6 +54,9 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
     the damage stay delivered, the sample the damage broke is dropped."""
 
     expand: Expand
+    # Whether the members ``expand`` yields are the shard's regular members, one for one, as the
+    # index counts them: then a restart inside an indexed shard fetches from the next member on.
+    resume_by_offset = True
 
     def __init__(self, source_datapipe: IterDataPipe[tuple[str, Payload]], skip_corrupt: bool = False) -> None:
         self.source_datapipe = source_datapipe
@@ -61,6 +65,16 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
 
     def _begin(self) -> ExpandPos:
         return {"epoch": self.epoch, "source": None, "members": 0}
+
+    def __len__(self) -> int:
+        """The members this pipe yields in an epoch, here (a DataLoader worker's share, or in the main
+        process a rank's): known from the prefix's index, else ``TypeError``."""
+        return planned(self, "members")
+
+    def _source(self, start: ExpandPos) -> Cursor:
+        if self.resume_by_offset and hasattr(self.source_datapipe, "resume_members"):
+            self.source_datapipe.resume_members = start["members"]  # read_s3 honours it for an indexed tar
+        return super()._source(start)
 
     def _run(self, start: ExpandPos, src: Cursor) -> Iterator[tuple[str, bytes]]:
         done = start["members"]
@@ -74,7 +88,7 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
             if self.skip_corrupt:
                 members = whole_samples(members)
             try:
-                for _ in range(done):  # delivered before the restart
+                for _ in range(done - getattr(shard, "resumed", 0)):  # delivered before the restart, and fetched
                     next(members, None)
                 current, error = next(members, _END), None
                 while current is not _END:

@@ -7,15 +7,9 @@ from typing import Any, Iterator, TypedDict
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
+from .._names import split_name
+from ._plan import planned
 from ._state import Cursor, Mark, Resumable
-
-
-def split_name(name: str) -> tuple[str, str, str]:
-    """``(where, key, extension)`` of a member name: ``s3://b/s.tar/a/s0.seg.png`` is
-    ``("s3://b/s.tar/a", "s0", "seg.png")``. The members of one sample share ``where`` and ``key``."""
-    where, _, base = name.rpartition("/")
-    key, _, ext = base.partition(".")
-    return where, key, ext
 
 
 class GroupPos(TypedDict):
@@ -48,6 +42,11 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
 
     def __init__(self, source_datapipe: IterDataPipe[tuple[str, Any]]) -> None:
         self.source_datapipe = source_datapipe
+
+    def __len__(self) -> int:
+        """The samples this pipe yields in an epoch, here (a DataLoader worker's share, or in the main
+        process a rank's): known from the prefix's index, else ``TypeError``."""
+        return planned(self, "samples")
 
     def _begin(self) -> GroupPos:
         return {"epoch": self.epoch, "source": None}

@@ -6,7 +6,7 @@ import itertools
 import logging
 from collections import defaultdict, deque
 from collections.abc import Sized
-from typing import Any, BinaryIO, Iterable, Iterator, TypedDict, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypedDict, TypeVar, Union
 
 from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
@@ -14,22 +14,28 @@ from torch.utils.data.datapipes.iter import IterableWrapper
 from torch.utils.data.graph import traverse_dps
 from torch.utils.data.graph_settings import _is_sharding_datapipe, get_all_graph_pipes
 
+from .. import _dist
 from .._concurrent import imap
 from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
+from ..index.format import Shard
 from ..stores import client_for
+from ._plan import Part, cut, members_per_sample, parts, plannable
 from ._state import Cursor, Mark, Resumable
+from .lister import Listing, S3Lister
 
 log = logging.getLogger(__name__)
 
 Payload = Union[bytes, BinaryIO]
+T = TypeVar("T")
 
 
 class ReadPos(TypedDict):
     epoch: int
     source: Mark | None  # after the last object of an unbroken run of delivered ones
     done: list[int]  # source indices delivered beyond it, out of order (ordered=False)
+    first: Mark | None  # the source at the epoch's start: an epoch planned by samples needs all of it
 
 
 @functional_datapipe("read_s3")
@@ -115,6 +121,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             self.apply_sharding = None  # type: ignore[assignment]  # torch's graph_settings then passes over it
         self.even_ranks = even_ranks
         self.num_instances, self.instance_id = 1, 0
+        self.resume_members = 0  # set by load_tar on a restart inside a shard: see ArchiveExpander
 
     def apply_sharding(self, num_of_instances: int, instance_id: int, sharding_group: object = None) -> None:
         if not 0 <= instance_id < num_of_instances:
@@ -126,10 +133,40 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         info = get_worker_info()
         return self.num_instances // (info.num_workers if info is not None else 1)
 
+    def _split(self) -> tuple[int, int, int, int]:
+        """``(ranks, workers, rank, worker)`` of this reader; the DataLoader numbers its instances
+        ``worker * ranks + rank``. Before the DataLoader shards it (in its main process, for ``len``),
+        this rank's workers together: one worker."""
+        if self.num_instances == 1 and self.shard:
+            rank, ranks = _dist.current() or (0, 1)
+            return ranks, 1, rank, 0
+        ranks = self._ranks()
+        return ranks, self.num_instances // ranks, self.instance_id % ranks, self.instance_id // ranks
+
+    def _listing(self) -> Listing | None:
+        """The listing of the lister upstream, whose index entries (if any) plan the epoch by samples."""
+        listers = [p for p in get_all_graph_pipes(traverse_dps(self.source_datapipe)) if isinstance(p, S3Lister)]
+        return listers[0].listing() if len(listers) == 1 else None
+
     def _mine(self, src: Cursor, done: set[int]) -> Iterator[tuple[str, int, Mark]]:
-        """This instance's URLs with their index in the source and the source position after them."""
-        own = ((url, src.count - 1, src.mark()) for url in src
-               if (src.count - 1) % self.num_instances == self.instance_id and src.count - 1 not in done)
+        """This instance's URLs (or parts of them) with their index in the source and the source
+        position after them."""
+        items: Iterator[tuple[str, int, Mark]] = ((url, src.count - 1, src.mark()) for url in src)
+        listing = self._listing()
+        if listing is not None and listing.shards:
+            delivered = src.count  # a restart goes on after the run of parts delivered before it
+            if delivered:  # the cut needs the whole epoch's order: read the source again from its start
+                src = Cursor(self.source_datapipe, self._first)
+                items = ((url, src.count - 1, src.mark()) for url in src)
+            done = done | set(range(delivered))
+            every = list(items)
+            shards = [listing.shards.get(url) for url, _, _ in every]
+            if plannable(shards):
+                yield from self._planned(every, shards, done)  # type: ignore[arg-type]
+                return
+            log.info("read_s3: an index covers only some of the URLs (or a zip): reading whole objects")
+            items = iter(every)
+        own = (item for item in items if item[1] % self.num_instances == self.instance_id and item[1] not in done)
         ranks = self._ranks()
         if ranks > 1 and self.even_ranks is not False:
             own = list(own)  # type: ignore[assignment]
@@ -139,30 +176,78 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
                 log.info("read_s3: leaving out %d of %d objects this epoch so that %d ranks read %d each",
                          total - keep, total, ranks, keep // ranks)
             own = (item for item in own if item[1] < keep)
-        return own
+        yield from own
+
+    def _planned(self, items: list[tuple[str, int, Mark]], shards: list[Shard],
+                 done: set[int]) -> Iterator[tuple[str, int, Mark]]:
+        ranks, workers, rank, worker = self._split()
+        total = sum(s.samples for s in shards)
+        lo, hi = cut(total, ranks, workers, rank, worker, ranks > 1 and self.even_ranks is not False)
+        if rank == worker == 0 and total % ranks and ranks > 1 and self.even_ranks is not False:
+            log.info("read_s3: leaving out %d of %d samples this epoch so that %d ranks read %d each",
+                     total % ranks, total, ranks, total // ranks)
+        resumed, self.resume_members = self.resume_members, 0
+        for i, part in parts(shards, lo, hi):
+            url, index, mark = items[i]
+            if index in done:
+                continue
+            if resumed:  # the part a restart was in: fetch only the members it had not delivered
+                part, resumed = part.resume(resumed), 0
+            yield part, index, mark
+
+    def planned(self, what: str) -> int:
+        """How many samples (``what="samples"``) or archive members (``"members"``) this reader's share
+        of an epoch holds, from the index; ``TypeError`` where that is not known before the epoch."""
+        listing = self._listing()
+        shards = [listing.shards.get(url) for url in listing.urls] if listing is not None else []
+        if not plannable(shards):
+            raise TypeError(f"the number of {what} is known beforehand only with an index of the prefix "
+                            f"(`s3pipes index PREFIX`) covering every shard read, tar or plain objects")
+        ranks, workers, rank, worker = self._split()
+        lo, hi = cut(sum(s.samples for s in shards), ranks, workers, rank, worker,  # type: ignore[union-attr]
+                     ranks > 1 and self.even_ranks is not False)
+        if what == "samples":
+            return hi - lo
+        per = members_per_sample(shards)  # type: ignore[arg-type]
+        if per is not None:
+            return (hi - lo) * per
+        if ranks == workers == 1:
+            return sum(s.members for s in shards)  # type: ignore[union-attr]
+        raise TypeError("the members of a reader's share depend on the epoch's shard order when samples "
+                        "have different numbers of members; len() of group_samples() is exact")
 
     def _read(self, url: str) -> bytes:
         store = client_for(url, self.client.config)
+        if isinstance(url, Part):
+            return _checked(url, lambda: store.read(url) if url.whole else store.read_range(url, url.start, url.end))
         return self.cache.read(url, store) if self.cache else store.read(url)
 
     def _read_many(self, urls: Iterator[str]) -> Iterator[tuple[str, bytes]]:
         """Each run of consecutive URLs of one store through that store's ``read_many`` (many GETs in
-        flight on one S3 client), so a source may mix stores and keep its order; cached objects one per
-        thread, ``concurrency`` at a time."""
-        if self.cache is not None:
-            yield from imap(self._read, urls, self.concurrency, self.ordered)
-            return
-        for store, run in itertools.groupby(urls, lambda url: client_for(url, self.client.config)):
-            yield from store.read_many(run, self.concurrency, self.ordered)
+        flight on one S3 client), so a source may mix stores and keep its order; cached objects and
+        parts of shards (with an index) one per thread, ``concurrency`` at a time."""
+        for store, run in itertools.groupby(urls, lambda url: (client_for(url, self.client.config),
+                                                               self.cache is None and not isinstance(url, Part))):
+            if store[1]:
+                yield from store[0].read_many(run, self.concurrency, self.ordered)
+            else:
+                yield from imap(self._read, run, self.concurrency, self.ordered)
 
     def _open(self, url: str) -> BinaryIO:
         store = client_for(url, self.client.config)
+        if isinstance(url, Part):
+            f = _checked(url, lambda: store.open(url))
+            f.seek(url.start)  # the stream of an indexed tar starts at its first member's header
+            return f  # type: ignore[return-value]
         return self.cache.open(url, store) if self.cache else store.open(url)  # type: ignore[return-value]
 
     def _begin(self) -> ReadPos:
-        return {"epoch": self.epoch, "source": None, "done": []}
+        return {"epoch": self.epoch, "source": None, "done": [], "first": None}
 
     def _run(self, start: ReadPos, src: Cursor) -> Iterator[tuple[str, Payload]]:
+        if start.get("first") is None:  # nothing delivered yet: the source is at the epoch's start
+            start = {**start, "first": start["source"]}
+        self._first = start["first"]
         progress = _Progress(start)
         own = progress.track(self._mine(src, progress.done))
         if self.stream:
@@ -182,6 +267,12 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
                 yield url, data
 
     def __len__(self) -> int:
+        listing = self._listing()
+        if listing is not None and listing.shards and plannable([listing.shards.get(u) for u in listing.urls]):
+            if self._split()[:2] != (1, 1):
+                raise TypeError("with an index, read_s3 splits shards by samples, and how many parts a reader "
+                                "reads depends on the epoch's shard order; len() of load_tar() or "
+                                "group_samples() is exact")
         if not isinstance(self.source_datapipe, Sized):
             raise TypeError(f"{type(self).__name__}'s length depends on a source without one")
         return share(len(self.source_datapipe), self._ranks(), self.num_instances, self.instance_id,
@@ -192,6 +283,19 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         return f"S3Reader(shard={self.shard})"
 
     __str__ = __repr__
+
+
+def _checked(part: Part, fetch: Callable[[], T]) -> T:
+    """``fetch()`` of an indexed shard, its size checked against the index: a stale index is an error."""
+    try:
+        data = fetch()
+    except FileNotFoundError as e:
+        raise part.shard.stale("it is gone") from e
+    if isinstance(data, (bytes, bytearray)):
+        want = part.shard.size if part.whole else part.end - part.start  # type: ignore[operator]
+        if len(data) != want:
+            raise part.shard.stale(f"{len(data)} bytes were read where the index has {want}")
+    return data
 
 
 def evened(total: int, ranks: int, even_ranks: bool | None) -> int:

@@ -11,6 +11,7 @@ from typing import Iterator
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._payload import ArchiveExpander, Payload, naming_corruption, payload_file
+from ._plan import Part
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 _COMPRESSED = (b"\x1f\x8b", b"\xfd7zXZ", b"BZh")  # gzip, xz, bzip2 magic
@@ -35,16 +36,24 @@ class _StrictTarInfo(tarfile.TarInfo):
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
     """``(shard/member, bytes)`` for each regular file of one tar. An uncompressed tar in memory is
     read by seeking from header to header and slicing each member out; anything else is read as a
-    stream, through tarfile's 10 KiB reads (measured here at about half the speed)."""
+    stream, through tarfile's 10 KiB reads (measured here at about half the speed). A :class:`Part`
+    of a shard (``read_s3`` with an index) yields only its members, and stops after the last of them
+    without reading on: its bytes end there."""
     in_memory = isinstance(payload, (bytes, bytearray, memoryview))
     sliced = in_memory and not bytes(payload[:6]).startswith(_COMPRESSED)
+    skip, left = (shard.skip, shard.count - shard.resumed) if isinstance(shard, Part) else (0, -1)
     member = [""]
     with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
+        if left == 0:
+            return
         with tarfile.open(fileobj=f, mode="r:" if sliced else "r|*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 member[0] = info.name
                 tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
                 if not info.isreg():
+                    continue
+                if skip:
+                    skip -= 1
                     continue
                 if sliced:
                     data = bytes(payload[info.offset_data : info.offset_data + info.size])  # type: ignore[index]
@@ -53,6 +62,9 @@ def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
                 yield f"{shard}/{info.name}", data
+                left -= 1
+                if left == 0:
+                    return
 
 
 @functional_datapipe("load_tar")
