@@ -8,6 +8,7 @@ from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
 from .index import Index, build_index, find_index
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
+from .samples import TarSamples
 from .stores import FsspecClient, client_for
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ShuffleDataset",
     "StaleIndexError",
     "TarExpander",
+    "TarSamples",
     "ZipExpander",
     "build_index",
     "file_exists",

@@ -37,7 +37,8 @@ class Store(Protocol):
 
     def read(self, url: str) -> bytes: ...
 
-    def read_range(self, url: str, start: int, end: int) -> bytes: ...
+    def read_range(self, url: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``[start, end)``; with ``etag``, of that version only (else ``ObjectChangedError``)."""
 
     def read_many(self, urls: Iterable[str], concurrency: int | None = None,
                   ordered: bool = True) -> Iterator[tuple[str, bytes]]: ...
@@ -146,9 +147,11 @@ class FsspecClient:
         with self._naming(url):
             return bytes(self.fs.cat_file(self._path(url)))
 
-    def read_range(self, url: str, start: int, end: int) -> bytes:
+    def read_range(self, url: str, start: int, end: int, etag: str | None = None) -> bytes:
         if start < 0 or end < start:
             raise ValueError(f"{url}: bad byte range [{start}, {end})")
+        if etag is not None:  # our listings give these files none; a caller holding one must not go unpinned
+            raise ValueError(f"{url}: {self!r} cannot pin a read to an ETag ({etag})")
         with self._naming(url):
             return bytes(self.fs.cat_file(self._path(url), start, end))
 

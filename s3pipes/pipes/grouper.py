@@ -12,6 +12,14 @@ from ._plan import planned
 from ._state import Cursor, Mark, Resumable
 
 
+def add_member(sample: dict[str, Any], name: str, ext: str, data: Any) -> None:
+    """File member ``name``'s ``data`` under ``ext`` in ``sample``; a repeated extension is an error."""
+    if ext in sample:
+        raise ValueError(f"{name}: sample {sample['__key__']!r} already has a {ext!r} member; members of one "
+                         f"sample must be consecutive and distinct")
+    sample[ext] = data
+
+
 class GroupPos(TypedDict):
     epoch: int
     source: Mark | None  # the first member of the next sample
@@ -64,10 +72,7 @@ class SampleGrouper(Resumable[GroupPos, dict[str, Any]], IterDataPipe[dict[str, 
                     self._pos = before
                     yield sample
                 sample = {"__key__": key, "__url__": where}
-            if ext in sample:
-                raise ValueError(f"{name}: sample {key!r} already has a {ext!r} member; members of one "
-                                 f"sample must be consecutive and distinct")
-            sample[ext] = data
+            add_member(sample, name, ext, data)
             before = {**start, "source": src.mark()}
         if sample is not None:
             self._pos = {**start, "source": src.mark()}

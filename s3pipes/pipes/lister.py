@@ -20,6 +20,12 @@ from ._state import Cursor, Mark, Resumable
 log = logging.getLogger(__name__)
 
 
+def matches(url: str, masks: Sequence[str]) -> bool:
+    """Whether the file name of ``url`` matches any of the glob patterns ``masks`` (any does if none)."""
+    name = url.rsplit("/", 1)[-1]
+    return not masks or any(fnmatch.fnmatchcase(name, m) for m in masks)
+
+
 class ListPos(TypedDict):
     epoch: int
     source: Mark | None
@@ -95,8 +101,7 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
             shards = index if index is not None else (o for o in client_for(prefix, self.client.config).list(prefix)
                                                       if not o.url.endswith("/" + INDEX_NAME))
             for obj in shards:
-                name = obj.url.rsplit("/", 1)[-1]
-                if not self.masks or any(fnmatch.fnmatchcase(name, m) for m in self.masks):
+                if matches(obj.url, self.masks):
                     found = True
                     listing.add(obj.url, obj if index is not None else None)  # type: ignore[arg-type]
             if not found:

@@ -19,6 +19,7 @@ from .._concurrent import imap
 from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
+from ..errors import ObjectChangedError, StaleIndexError
 from ..index.format import Shard
 from ..stores import client_for
 from ._plan import Part, cut, members_per_sample, parts, plannable
@@ -219,7 +220,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
     def _read(self, url: str) -> bytes:
         store = client_for(url, self.client.config)
         if isinstance(url, Part):
-            return _checked(url, lambda: store.read(url) if url.whole else store.read_range(url, url.start, url.end))
+            return _checked(url, lambda: store.read(url) if url.whole else store.read_range(url, url.start, url.end, url.shard.etag))
         return self.cache.read(url, store) if self.cache else store.read(url)
 
     def _read_many(self, urls: Iterator[str]) -> Iterator[tuple[str, bytes]]:
@@ -291,6 +292,10 @@ def _checked(part: Part, fetch: Callable[[], T]) -> T:
         data = fetch()
     except FileNotFoundError as e:
         raise part.shard.stale("it is gone") from e
+    except ObjectChangedError as e:
+        if isinstance(e, StaleIndexError):
+            raise
+        raise part.shard.stale("its ETag changed") from e
     if isinstance(data, (bytes, bytearray)):
         want = part.shard.size if part.whole else part.end - part.start  # type: ignore[operator]
         if len(data) != want:

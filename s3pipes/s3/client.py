@@ -196,11 +196,12 @@ class S3Client:
         with self._reading(u):
             return engine.get(engine_for(self.config, u.bucket, u.key), u.key, start, end, etag, self._breaks(u))
 
-    def read_range(self, url: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the object; fewer only where the object ends before ``end``."""
+    def read_range(self, url: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object; fewer only where the object ends before ``end``. With
+        ``etag``, the GET is pinned to it (``If-Match``): another version raises ``ObjectChangedError``."""
         if start < 0 or end < start:
             raise ValueError(f"{url}: bad byte range [{start}, {end})")
-        return b"".join(self.range_buffers(S3Url.parse(url), start, end, None))
+        return b"".join(self.range_buffers(S3Url.parse(url), start, end, etag))
 
     def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,
                   max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
