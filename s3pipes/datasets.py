@@ -17,6 +17,7 @@ from . import _dist
 from .config import S3Config
 from .errors import BucketNotFoundError
 from .pipes._payload import ArchiveExpander, Payload
+from .pipes._plan import plannable
 from .pipes._state import Cursor, Mark, Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
@@ -128,10 +129,16 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
         """How many ``(url, bytes)`` this process's iteration yields, summed over its DataLoader workers:
         the number of objects (listed once, then cached), or under ``torch.distributed`` this rank's
         share of them (as even as ``even_ranks`` makes it), which is what the DataLoader of each rank
-        compares with what arrives. An archive object raises ``TypeError``: its members, the items
-        it yields, are not known without reading it."""
+        compares with what arrives. With an index of the prefix (``s3pipes index``) over uncompressed tars,
+        the number of members this rank yields (ranks then get equal samples); without one an archive
+        object raises ``TypeError``: its members, the items it yields, are not known without reading it."""
+        listing = self._lister.listing(per_rank=True)
+        shards = [listing.shards.get(url) for url in listing.urls]
+        if plannable(shards) and all(s.kind != "tar.gz" and not any(re.match(_META, m[0]) for m in s.offsets or ())
+                                     for s in shards):  # type: ignore[union-attr]
+            return S3Reader(self._lister, shard=self.shard, even_ranks=self.even_ranks).planned("members")
         if getattr(self, "_objects", None) is None:
-            self._objects = _count_objects(self.urls, self.config)
+            self._objects = _count_objects(listing.urls)
         if not self.shard:
             return self._objects  # every rank reads every object
         rank, world = _dist.current() or self._dist or (0, 1)
@@ -247,15 +254,16 @@ def get_file_size(url: str) -> int:
     return client_for(url).size(url)
 
 
-def _count_objects(urls: list[str], config: S3Config | None) -> int:
-    """The number of objects under ``urls``; ``TypeError`` at the first archive."""
+def _count_objects(urls: list[str]) -> int:
+    """The number of objects listed; ``TypeError`` at the first archive."""
     count = 0
-    for url in S3Lister(urls, config=config):
+    for url in urls:
         if url.endswith(TAR_SUFFIXES) or url.endswith(".zip"):
             raise TypeError(
                 f"len() of S3IterableDataset: {url} is an archive, and the number of members it yields is "
-                f"not known without reading it. Count them once (n = sum(1 for _ in dataset)) and return n "
-                f"from __len__ in a subclass, or do without len (DataLoader does not need it)")
+                f"not known without reading it. Index the prefix once (`s3pipes index PREFIX`), or count them "
+                f"(n = sum(1 for _ in dataset)) and return n from __len__ in a subclass, or do without len "
+                f"(DataLoader does not need it)")
         count += 1
     return count
 

@@ -40,6 +40,9 @@ class Store(Protocol):
     def read_range(self, url: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Bytes ``[start, end)``; with ``etag``, of that version only (else ``ObjectChangedError``)."""
 
+    def read_metadata(self, url: str) -> bytes:
+        """A small object that goes with a listing (a prefix's index)."""
+
     def read_many(self, urls: Iterable[str], concurrency: int | None = None,
                   ordered: bool = True) -> Iterator[tuple[str, bytes]]: ...
 
@@ -146,6 +149,10 @@ class FsspecClient:
     def read(self, url: str) -> bytes:
         with self._naming(url):
             return bytes(self.fs.cat_file(self._path(url)))
+
+    def read_metadata(self, url: str) -> bytes:
+        """``read``: what S3 reads apart (see :meth:`S3Client.read_metadata`) is a plain read here."""
+        return self.read(url)
 
     def read_range(self, url: str, start: int, end: int, etag: str | None = None) -> bytes:
         if start < 0 or end < start:

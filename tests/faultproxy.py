@@ -108,8 +108,9 @@ class FaultProxy:
         self._server.server_close()
 
     def gets(self) -> list[Request]:
-        """The object GETs seen (listings excluded)."""
-        return [r for r in self.log if r.method == "GET" and "list-type=" not in r.path]
+        """The object GETs seen (listings, and the lookups of a prefix's index that go with them, excluded)."""
+        return [r for r in self.log if r.method == "GET" and "list-type=" not in r.path
+                and not r.path.endswith("/_s3pipes_index.jsonl.gz")]
 
     def _next_fault(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
         with self._lock:

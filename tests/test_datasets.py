@@ -216,7 +216,7 @@ def test_len_is_the_objects_this_rank_reads(data: str) -> None:
 @pytest.mark.parametrize("prefix", ["shards/", "mixed/"])
 def test_len_of_archives_is_refused_saying_why(data: str, prefix: str) -> None:
     with pytest.raises(TypeError, match=r"\.(tar|zip) is an archive, and the number of members it yields is not "
-                                        r"known without reading it\. Count them once"):
+                                        r"known without reading it\. Index the prefix once \(`s3pipes index PREFIX`\), or count them"):
         len(S3IterableDataset(f"s3://{data}/{prefix}"))
 
 

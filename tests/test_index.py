@@ -169,3 +169,20 @@ def test_stale_index_is_an_error_naming_the_shard_and_the_command(ragged: str, b
         boto.delete_object(Bucket=bucket, Key=key + "shard-3.tar")
     with pytest.raises(StaleIndexError, match=rf"shard-3.tar: the index of {ragged} is stale.*s3pipes index {ragged}"):
         list(chain(ragged))
+
+
+def test_iterable_dataset_len_with_an_index(ragged: str) -> None:
+    from s3pipes import S3IterableDataset
+
+    with pytest.raises(TypeError, match="s3pipes index"):
+        len(S3IterableDataset(ragged))
+    s3pipes.build_index(ragged)
+    ds = S3IterableDataset(ragged, shuffle_urls=True)
+    assert len(ds) == len(list(ds)) == 2 * sum(RAGGED)
+    got = {}
+    for r in range(2):
+        with mock.patch("s3pipes._dist.current", lambda r=r: (r, 2)):
+            ds = S3IterableDataset(ragged, shuffle_urls=True)
+            got[r] = [name for name, _ in DataLoader(ds, batch_size=None, num_workers=2)]
+            assert len(ds) == len(got[r]) == sum(RAGGED), "equal members per rank, known beforehand"
+    assert not set(got[0]) & set(got[1])

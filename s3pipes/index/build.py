@@ -100,7 +100,7 @@ def find_index(prefix: str, config: S3Config | None = None) -> Index | None:
     """The index of ``prefix`` if it has one (one GET), else ``None``."""
     prefix = as_prefix(prefix)
     try:
-        data = client_for(prefix, config).read(index_url(prefix))
+        data = client_for(prefix, config).read_metadata(index_url(prefix))
     except (FileNotFoundError, IsADirectoryError):
         return None
     return Index.loads(data, prefix)

@@ -73,7 +73,7 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
 
     def _source(self, start: ExpandPos) -> Cursor:
         if self.resume_by_offset and hasattr(self.source_datapipe, "resume_members"):
-            self.source_datapipe.resume_members = start["members"]  # read_s3 honours it for an indexed tar
+            self.source_datapipe.resume_members = start.get("members", 0)  # read_s3 honours it for an indexed tar
         return super()._source(start)
 
     def _run(self, start: ExpandPos, src: Cursor) -> Iterator[tuple[str, bytes]]:

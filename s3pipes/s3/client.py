@@ -203,6 +203,14 @@ class S3Client:
             raise ValueError(f"{url}: bad byte range [{start}, {end})")
         return b"".join(self.range_buffers(S3Url.parse(url), start, end, etag))
 
+    def read_metadata(self, url: str) -> bytes:
+        """A small object read through boto3, as listings are: the main process of a DataLoader reads
+        a prefix's index this way, because obstore's runtime, once started, cannot follow the fork of
+        its workers (they would fall back to boto3 for every GET)."""
+        u = S3Url.parse(url)
+        with self._reading(u):
+            return self._s3.get_object(Bucket=u.bucket, Key=u.key, **self._extra())["Body"].read()
+
     def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,
                   max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
         """``(url, bytes)`` for each URL, with up to ``concurrency`` objects (default
