@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .config import S3Config
 from .s3.errors import ANONYMOUS, ENDPOINT_ARG
+from .s3.usage import human_bytes
 from .stores import client_for
 
 # The library's hints name S3Config fields and environment variables; here the same settings are options.
@@ -27,16 +28,6 @@ def _for_cli(message: str) -> str:
     for library, cli in _CLI_WORDS:
         message = message.replace(library, cli)
     return message
-
-
-def _human(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1000
-        if n < 1000:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1000:.1f} TB"
 
 
 def _config(args: argparse.Namespace) -> S3Config:
@@ -75,7 +66,7 @@ def ls(args: argparse.Namespace) -> None:
     for obj in client_for(args.url, _config(args)).list(args.url):
         print(f"{obj.size:>14,}  {obj.url}")
         count, total = count + 1, total + obj.size
-    print(f"{count} objects, {_human(total)} ({total:,} bytes)")
+    print(f"{count} objects, {human_bytes(total)} ({total:,} bytes)")
 
 
 def _consume(item: tuple[str, Any]) -> int:
@@ -102,7 +93,7 @@ def bench(args: argparse.Namespace) -> None:
             read += n
             bar.update(n)
     seconds = time.perf_counter() - start
-    print(f"bench: {len(objects)} objects, {_human(read)} in {seconds:.1f} s: {read / 1e6 / seconds:.1f} MB/s, "
+    print(f"bench: {len(objects)} objects, {human_bytes(read)} in {seconds:.1f} s: {read / 1e6 / seconds:.1f} MB/s, "
           f"{len(objects) / seconds:.1f} objects/s (concurrency {args.concurrency}, {args.workers} workers"
           f"{', stream' if args.stream else ''})")
 

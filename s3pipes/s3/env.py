@@ -25,6 +25,7 @@ from ..config import S3Config
 from .engine import Engine
 from .engine_boto3 import Boto3Engine
 from .errors import ENDPOINT_ARG
+from . import usage
 from .retry import install_retries
 
 try:
@@ -142,6 +143,7 @@ def boto_client(cfg: S3Config) -> Any:
         )
         client = _session(cfg).client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
         install_retries(client, cfg.max_attempts)
+        client.meta.events.register("before-send.s3", usage.on_send, unique_id="s3pipes-usage")
         return client
 
     return _cached((os.getpid(), cfg), build)
