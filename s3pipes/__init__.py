@@ -1,5 +1,6 @@
 """s3pipes: stream training data from S3 straight into PyTorch."""
 
+from .accounting import usage
 from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
@@ -7,6 +8,7 @@ from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists,
 from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
+from .s3.usage import S3_STANDARD, Prices, Usage
 from .stores import FsspecClient, client_for
 
 __all__ = [
@@ -16,7 +18,9 @@ __all__ = [
     "FsspecClient",
     "ObjectChangedError",
     "ObjectInfo",
+    "Prices",
     "S3Client",
+    "S3_STANDARD",
     "S3Config",
     "S3Dataset",
     "S3IterableDataset",
@@ -29,6 +33,7 @@ __all__ = [
     "ShardShuffler",
     "ShuffleDataset",
     "TarExpander",
+    "Usage",
     "ZipExpander",
     "file_exists",
     "get_file_size",
@@ -37,5 +42,6 @@ __all__ = [
     "load",
     "parse_url",
     "save",
+    "usage",
 ]
 __version__ = "0.1.0"
