@@ -234,8 +234,9 @@ def usage(obj: object = None, *, all_ranks: bool = False) -> Usage:
 
     Counts are of HTTP attempts sent, so a retried GET counts twice (and once in ``retries``). Workers
     report about once a second while an epoch runs, and at its end. Requests made while no epoch of
-    ``obj`` runs (a ``len()`` that lists) are not in its epochs. Stores other than ``s3://`` (local
-    paths, ``memory://``) make no S3 requests.
+    ``obj`` runs (a ``len()`` that lists) are not in its epochs; a process counts all its requests in the
+    epoch open in it, so two loaders without workers, read in turns, each count both. Stores other than
+    ``s3://`` (local paths, ``memory://``) make no S3 requests.
 
     Args:
         obj: a pipe, a dataset, a DataPipe graph or a DataLoader over one (default ``None``: this process).
