@@ -19,8 +19,8 @@ from obstore.exceptions import BaseError, PreconditionError
 from obstore.store import S3Store
 
 from ..config import S3Config
-from .errors import Failure, not_s3
 from . import usage
+from .errors import Failure, not_s3
 from .retry import retrying
 
 _STATUS = re.compile(r"status code: (\d{3})")

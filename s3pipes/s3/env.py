@@ -22,10 +22,10 @@ import botocore.exceptions
 from botocore import UNSIGNED
 
 from ..config import S3Config
+from . import usage
 from .engine import Engine
 from .engine_boto3 import Boto3Engine
 from .errors import ENDPOINT_ARG
-from . import usage
 from .retry import install_retries
 
 try:
