@@ -83,9 +83,12 @@ class _Epoch:
         record = {"group": self.group, "began": self.began, "ended": ended, "workers": self.workers,
                   "usage": astuple(process_usage() - self.start)}
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, self.path)  # readers see the old record or the new, never half of one
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, self.path)  # readers see the old record or the new, never half of one
+        except OSError as e:  # a full /dev/shm loses the count, never the training
+            log.debug("could not write %s: %s", self.path, e)
 
 
 _lock = threading.Lock()  # the open epochs, and their files, between the pipe's thread and the flusher
