@@ -65,8 +65,9 @@ def test_a_spawned_worker_and_a_wrapped_dataset(prefix: str) -> None:
     assert s3pipes.usage(copy.deepcopy(ds)) == s3pipes.usage(ds), "a copy keeps the token"
 
 
-def test_persistent_workers_report_each_epoch_not_the_total(prefix: str) -> None:
-    loader = DataLoader(pipe(prefix), batch_size=None, num_workers=2, persistent_workers=True)
+@pytest.mark.parametrize("persistent", [True, False])
+def test_each_epoch_not_the_total(prefix: str, persistent: bool) -> None:
+    loader = DataLoader(pipe(prefix), batch_size=None, num_workers=2, persistent_workers=persistent)
     for _ in range(2):
         assert len(list(loader)) == 5
         assert s3pipes.usage(loader).get == 5
