@@ -1,5 +1,6 @@
 """s3pipes: stream training data from S3 straight into PyTorch."""
 
+from .accounting import usage
 from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
@@ -9,6 +10,7 @@ from .index import Index, build_index, find_index
 from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .samples import TarSamples
+from .s3.usage import S3_STANDARD, Prices, Usage
 from .stores import FsspecClient, client_for
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "Index",
     "ObjectChangedError",
     "ObjectInfo",
+    "Prices",
     "S3Client",
+    "S3_STANDARD",
     "S3Config",
     "S3Dataset",
     "S3IterableDataset",
@@ -34,6 +38,7 @@ __all__ = [
     "StaleIndexError",
     "TarExpander",
     "TarSamples",
+    "Usage",
     "ZipExpander",
     "build_index",
     "file_exists",
@@ -44,5 +49,6 @@ __all__ = [
     "load",
     "parse_url",
     "save",
+    "usage",
 ]
 __version__ = "0.1.0"

@@ -14,8 +14,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.datapipes.iter import IterableWrapper
 from tqdm import tqdm
 
+from .accounting import usage
 from .config import S3Config
 from .s3.errors import ANONYMOUS, ENDPOINT_ARG
+from .s3.usage import human_bytes
 from .stores import client_for
 
 # The library's hints name S3Config fields and environment variables; here the same settings are options.
@@ -27,16 +29,6 @@ def _for_cli(message: str) -> str:
     for library, cli in _CLI_WORDS:
         message = message.replace(library, cli)
     return message
-
-
-def _human(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1000
-        if n < 1000:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1000:.1f} TB"
 
 
 def _config(args: argparse.Namespace) -> S3Config:
@@ -58,7 +50,8 @@ def demo(args: argparse.Namespace) -> None:
         with tqdm(total=args.shards * args.per_shard, unit=" samples", desc="epoch 1", smoothing=0) as bar:
             stats = d.train_epoch(prefix, workers=args.workers, batch_size=args.batch_size,
                                   progress=lambda n: bar.update(n) if n else bar.reset())
-        print(f"demo: {stats} ({args.shards} shards, {args.workers} workers)", flush=True)
+        print(f"demo: {stats} ({args.shards} shards, {args.workers} workers)")
+        print(f"demo usage: {stats.usage}", flush=True)
         if args.keep:
             print(f"\nthe endpoint stays up at {endpoint.url} with the dataset under {prefix}; to use it:")
             for name, value in endpoint.env.items():
@@ -75,7 +68,7 @@ def ls(args: argparse.Namespace) -> None:
     for obj in client_for(args.url, _config(args)).list(args.url):
         print(f"{obj.size:>14,}  {obj.url}")
         count, total = count + 1, total + obj.size
-    print(f"{count} objects, {_human(total)} ({total:,} bytes)")
+    print(f"{count} objects, {human_bytes(total)} ({total:,} bytes)")
 
 
 def index(args: argparse.Namespace) -> None:
@@ -99,7 +92,9 @@ def _consume(item: tuple[str, Any]) -> int:
 
 def bench(args: argparse.Namespace) -> None:
     config = _config(args)
+    before = usage()
     objects = list(client_for(args.url, config).list(args.url))
+    listing = usage() - before
     total = sum(o.size for o in objects)
     dp = (IterableWrapper([o.url for o in objects])
           .read_s3(stream=args.stream, concurrency=args.concurrency, ordered=False, config=config).map(_consume))
@@ -111,9 +106,10 @@ def bench(args: argparse.Namespace) -> None:
             read += n
             bar.update(n)
     seconds = time.perf_counter() - start
-    print(f"bench: {len(objects)} objects, {_human(read)} in {seconds:.1f} s: {read / 1e6 / seconds:.1f} MB/s, "
+    print(f"bench: {len(objects)} objects, {human_bytes(read)} in {seconds:.1f} s: {read / 1e6 / seconds:.1f} MB/s, "
           f"{len(objects) / seconds:.1f} objects/s (concurrency {args.concurrency}, {args.workers} workers"
           f"{', stream' if args.stream else ''})")
+    print(f"bench usage: {listing + usage(loader)}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,8 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, IterDataPipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 
+from .accounting import usage
 from .config import S3Config
 from .s3 import S3Client, reset_clients
+from .s3.usage import Usage
 from .stores import client_for
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ class EpochStats:
     seconds: float
     first_loss: float
     last_loss: float
+    usage: Usage  # the epoch's S3 requests, summed over the workers
 
     # One rate, one meaning: samples over the epoch's wall clock, from asking for the first batch (so
     # worker start-up counts) to the last optimizer step; the CLI's progress bar averages over the same span.
@@ -179,4 +182,5 @@ def train_epoch(prefix: str, workers: int = 2, batch_size: int = 64, config: S3C
             progress(len(labels))
     seconds = time.perf_counter() - start
     tail = losses[-5:] or [float("nan")]
-    return EpochStats(samples, nbytes, seconds, losses[0] if losses else float("nan"), sum(tail) / len(tail))
+    return EpochStats(samples, nbytes, seconds, losses[0] if losses else float("nan"), sum(tail) / len(tail),
+                      usage(loader))

@@ -33,6 +33,7 @@ def test_demo_trains_and_prints_its_throughput() -> None:
     assert proc.returncode == 0, err
     m = THROUGHPUT.search(out)
     assert m and int(m.group(1)) == 120, out
+    assert re.search(r"demo usage: LIST \d+ · HEAD 3 · GET \d+ · PUT 0 · [\d.]+ [KM]B in · 0 B out", out), out
     assert "epoch 1" in err and "120/120" in err, "a tqdm progress bar on stderr"
     # One rate, one meaning: the bar's final rate is the summary's (it showed 1,044 img/s against 2,451).
     bar_rates = re.findall(r"120/120 \[[^\]]*?([\d.]+) ?(\w+)/s\]", err)
@@ -89,6 +90,8 @@ def test_bench_reads_every_byte(endpoint: str, bucket: str, objects: list[str], 
     assert code == 0, captured.err
     assert re.search(r"bench: 5 objects, 15\.0 KB in [\d.]+ s: [\d.]+ MB/s, [\d.]+ objects/s "
                      r"\(concurrency 4, 2 workers", captured.out), captured.out
+    head = 5 if extra else 0  # a stream learns the size and ETag first
+    assert f"bench usage: LIST 1 · HEAD {head} · GET 5 · PUT 0 · 15.0 KB in · 0 B out · 0 retries" in captured.out
     assert "read" in captured.err, "a tqdm progress bar"
 
 

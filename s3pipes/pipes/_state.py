@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Generic, Iterable, Iterator, TypedDict, TypeVar
 
+from .. import accounting
+
 
 def ended(pos: Any) -> bool:
     """Whether a position is after its epoch's last item."""
@@ -60,6 +62,13 @@ class Resumable(Generic[P, T]):
     _pos: Any = None  # P, an ended position, or None
     _loaded: Any = None
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        # Made where the pipe is built, before any copy reaches a worker: its workers' requests add up
+        # under one token (see accounting); __new__, so that no subclass has to remember it.
+        self._tally = accounting.Tally()
+        return self
+
     def _begin(self) -> P:
         """The position at the start of a new epoch, numbered ``self.epoch``, its source not yet opened."""
         raise NotImplementedError
@@ -90,10 +99,12 @@ class Resumable(Generic[P, T]):
         loaded, self._loaded = self._loaded, None
         start: Any = loaded if loaded is not None else self._begin()
         self.epoch = start["epoch"] + 1
+        accounting.begin(self)
         if ended(start):
             if start["source"]["source"] is not None:  # a stateful source takes up its epochs from there
                 self._source(start)
             self._pos = start
+            accounting.end(self)  # an epoch all the same, for the sum over workers
             return iter(())
         src = self._source(start)
         if start["source"] is None:
@@ -104,6 +115,7 @@ class Resumable(Generic[P, T]):
     def _epoch(self, start: P, src: Cursor) -> Iterator[T]:
         yield from self._run(start, src)
         self._pos = {"epoch": start["epoch"], "source": src.mark(), "ended": True}
+        accounting.end(self)
 
 
 class Cursor(Iterator[Any]):

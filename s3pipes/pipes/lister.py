@@ -14,6 +14,7 @@ from .. import _dist
 from ..config import S3Config
 from ..index import INDEX_NAME, Shard, find_index
 from ..s3 import S3Client
+from ..s3.usage import process_usage
 from ..stores import client_for
 from ._state import Cursor, Mark, Resumable
 
@@ -94,6 +95,13 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
         return self._listing
 
     def _take(self) -> Listing:
+        before = process_usage()
+        listing = self._list()
+        log.info("list_s3: %d objects%s: %s", len(listing.urls), " (from the index)" if listing.shards else "",
+                 process_usage() - before)
+        return listing
+
+    def _list(self) -> Listing:
         listing = Listing()
         for prefix in self.source_datapipe:
             found = False

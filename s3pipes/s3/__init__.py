@@ -4,6 +4,7 @@
 - :mod:`.env`: settings from config and environment; per-process clients, engines and pools
 - :mod:`.errors`: one table from S3 error code to the exception users catch
 - :mod:`.retry`: the backoff and the resume of a broken body
+- :mod:`.usage`: the requests this process has sent, counted as they are sent
 - :mod:`.engine`: the GET engine protocol, the read strategy, the byte budget, ``read_many``
 - :mod:`.engine_boto3`, :mod:`.engine_obstore`: the two GET engines
 - :mod:`.client`: ``S3Client``; :mod:`.files`: ``S3RawFile`` and ``S3Writer``

@@ -208,7 +208,7 @@ class S3Client:
         a prefix's index this way, because obstore's runtime, once started, cannot follow the fork of
         its workers (they would fall back to boto3 for every GET)."""
         u = S3Url.parse(url)
-        with self._reading(u):
+        with self._errors(url, "read the object"):  # a GET's 404 says NoSuchKey or NoSuchBucket itself
             return self._s3.get_object(Bucket=u.bucket, Key=u.key, **self._extra())["Body"].read()
 
     def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,

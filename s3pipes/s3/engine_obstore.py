@@ -19,6 +19,7 @@ from obstore.exceptions import BaseError, PreconditionError
 from obstore.store import S3Store
 
 from ..config import S3Config
+from . import usage
 from .errors import Failure, not_s3
 from .retry import retrying
 
@@ -147,6 +148,10 @@ class ObstoreEngine:
             opts["range"] = (start, end)
         if etag:
             opts["if_match"] = etag
-        res = retrying(lambda: obstore.get(self._store, key, options=opts),  # type: ignore[arg-type]
-                       self._attempts, _ERRORS, _failure, f"s3://{self._bucket}/{key} (GET)")
+
+        def attempt() -> Any:
+            usage.add(usage.GET)  # each attempt: botocore's are counted as they are sent (usage.on_send)
+            return obstore.get(self._store, key, options=opts)  # type: ignore[arg-type]
+
+        res = retrying(attempt, self._attempts, _ERRORS, _failure, f"s3://{self._bucket}/{key} (GET)")
         return _Response(res, end)

@@ -22,6 +22,7 @@ import botocore.exceptions
 from botocore import UNSIGNED
 
 from ..config import S3Config
+from . import usage
 from .engine import Engine
 from .engine_boto3 import Boto3Engine
 from .errors import ENDPOINT_ARG
@@ -142,6 +143,7 @@ def boto_client(cfg: S3Config) -> Any:
         )
         client = _session(cfg).client("s3", endpoint_url=r.endpoint_url, config=bc, verify=r.verify)
         install_retries(client, cfg.max_attempts)
+        client.meta.events.register("before-send.s3", usage.on_send, unique_id="s3pipes-usage")
         return client
 
     return _cached((os.getpid(), cfg), build)

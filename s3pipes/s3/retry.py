@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import botocore.retries.standard as retries
 
+from . import usage
 from .errors import Failure
 
 if TYPE_CHECKING:
@@ -48,9 +49,10 @@ class _NoQuota:
         return True
 
 
-def log_retry(what: str, attempt: int, attempts: int, cause: str, delay: float) -> None:
+def log_retry(what: str, attempt: int, attempts: int, cause: str, delay: float, throttled: bool) -> None:
     """One INFO line per retry, for both engines: a stalled or failing endpoint is otherwise silent for
-    the whole of its attempts (``s3pipes -v`` shows these)."""
+    the whole of its attempts (``s3pipes -v`` shows these). Each is also counted (:mod:`.usage`)."""
+    usage.retried(throttled)
     log.info("%s: attempt %d of %d failed (%s); retrying in %.1f s", what, attempt, attempts, cause, delay)
 
 
@@ -65,9 +67,10 @@ def install_retries(client: Any, max_attempts: int) -> None:
     """botocore's standard retry conditions (5xx, throttling, connection errors, timeouts) with our
     backoff, each retry logged."""
     adapter = retries.RetryEventAdapter()
+    throttling = retries.ThrottlingErrorDetector(adapter)
     policy = retries.RetryPolicy(
         retry_checker=retries.StandardRetryConditions(max_attempts=max_attempts),
-        retry_backoff=_Backoff(retries.ThrottlingErrorDetector(adapter)),
+        retry_backoff=_Backoff(throttling),
     )
     handler = retries.RetryHandler(policy, adapter, _NoQuota())
 
@@ -78,7 +81,7 @@ def install_retries(client: Any, max_attempts: int) -> None:
             what = (f"s3://{params['Bucket']}/{params.get('Key', params.get('Prefix', ''))}" if "Bucket" in params
                     else kwargs["request_dict"].get("url", "?"))
             log_retry(f"{what} ({kwargs['operation'].name})", kwargs["attempts"], max_attempts,
-                      _botocore_cause(kwargs), delay)
+                      _botocore_cause(kwargs), delay, throttling.is_throttling_error(**kwargs))
         return delay
 
     client.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
@@ -98,7 +101,7 @@ def retrying(call: Callable[[], T], attempts: int, errors: tuple[type[BaseExcept
             if not f.retryable or attempt == attempts:
                 raise f from e
         delay = retry_delay(attempt, f.throttled)
-        log_retry(what, attempt, attempts, f.cause, delay)
+        log_retry(what, attempt, attempts, f.cause, delay, f.throttled)
         time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -154,6 +157,7 @@ def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = 
     whole = whole or end - pos <= _WHOLE
     chunks: list[Any] = []
     while True:
+        first = pos
         try:
             for chunk in res.chunks(whole):
                 chunks.append(chunk)
@@ -165,6 +169,7 @@ def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = 
             cause = e
         finally:
             res.close()
+            usage.add(usage.BYTES_IN, pos - first)
         breaks.broke(pos, cause)
         whole = False  # stream the rest, so that another break keeps what arrived
         res = send(engine, key, pos, end, res.etag)
