@@ -222,11 +222,11 @@ def _first_sample(url: str) -> None:
     import s3pipes  # noqa: F401
 
     os.environ["S3_ENDPOINT_URL"] = url
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     dp = IterableWrapper([URL]).list_s3().shuffle_shards().read_s3()
     first_url, data = next(iter(dp))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "first": first_url, "bytes": len(data),
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "first": first_url, "bytes": len(data),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -240,7 +240,7 @@ def time_to_first_sample(keys: int, delay_ms: float, indexed: bool) -> dict[str,
         result = json.loads(out.strip().splitlines()[-1])
         counts = endpoint.counts()
     row = {"row": "time to first sample", "keys": keys, "index": indexed, "delay_ms": delay_ms,
-           "seconds": round(result["seconds"], 2), "index_mb": mb and round(mb, 1),
+           "seconds": round(result["seconds"], 2), "cpu_seconds": round(result["cpu_seconds"], 2), "index_mb": mb and round(mb, 1),
            "LIST": counts.get("LIST", 0), "GET": counts.get("GET", 0),
            "index_GETs": counts["stored_gets"].get(INDEX_KEY, 0), "peak_rss_mb": round(result["peak_rss_mb"])}
     print(row, flush=True)
@@ -257,7 +257,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             note = (f"epoch {r['epoch']}, {r['ranks']} ranks x {r['workers']} workers, {r['pages']} pages a "
                     f"listing, {r['items_read_per_rank']} samples read per rank")
         else:
-            note = f"+{r['delay_ms']:g} ms a request, peak RSS {r['peak_rss_mb']} MB"
+            note = f"+{r['delay_ms']:g} ms a request, {r['cpu_seconds']} s of CPU, peak RSS {r['peak_rss_mb']} MB"
             if r["index_mb"]:
                 note += f", index {r['index_mb']} MB"
         out.append(f"| {r['row']} | {r['keys']:,} | {'yes' if r['index'] else 'no'} | {r['LIST']} | {r['GET']} | "
@@ -286,7 +286,9 @@ def main() -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     name = "scale-quick.json" if args.quick else "scale.json"
-    (results / name).write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=1) + "\n")
+    # The load average says how much of the machine the wall-clock seconds had (CPU seconds are steadier).
+    (results / name).write_text(json.dumps({"cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows},
+                                           indent=1) + "\n")
     print(f"wrote {results / name}")
 
 
