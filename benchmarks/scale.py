@@ -102,7 +102,7 @@ def index_lines(keys: int, size: int = 64) -> Iterator[str]:
     """The lines of the index ``build_index`` writes for ``keys`` generated objects (plain objects: no
     request per object), made without listing them: the first-sample rows need it for 1M and 10M keys."""
     sys.path.insert(0, str(HERE))
-    from fakes3 import Bucket
+    from fakebucket import Bucket
 
     gen = Bucket(BUCKET, keys, size)
     yield json.dumps({"format": "s3pipes-index", "version": 1, "prefix": URL, "shards": keys})
