@@ -18,8 +18,10 @@ Zips record counts only.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -116,12 +118,13 @@ class Index:
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{index_url(prefix)}: not an s3pipes index of version {VERSION} "
                              f"(header {head[:100]!r}); rebuild it with `s3pipes index {prefix}`")
-        rows = json.loads("[" + body.rstrip("\n").replace("\n", ",") + "]") if body.strip() else []
-        shards = tuple(
-            Shard(prefix + r["key"], r["size"], r["etag"], r["kind"], r["members"], r["samples"],
-                  tuple(map(tuple, r["offsets"])) if "offsets" in r else None,  # type: ignore[arg-type]
-                  tuple(r["starts"]) if "starts" in r else None)
-            for r in rows)
+        with _collector_paused():
+            rows = json.loads("[" + body.rstrip("\n").replace("\n", ",") + "]") if body.strip() else []
+            shards = tuple(
+                Shard(prefix + r["key"], r["size"], r["etag"], r["kind"], r["members"], r["samples"],
+                      tuple(map(tuple, r["offsets"])) if "offsets" in r else None,  # type: ignore[arg-type]
+                      tuple(r["starts"]) if "starts" in r else None)
+                for r in rows)
         if len(shards) != meta.get("shards"):
             raise ValueError(f"{index_url(prefix)}: holds {len(shards)} shards, its header says "
                              f"{meta.get('shards')} (cut short?); rebuild it with `s3pipes index {prefix}`")
@@ -132,6 +135,20 @@ class Index:
 
     def __len__(self) -> int:
         return len(self.shards)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off: a million shards (and their rows) are new objects that hold
+    no cycles, and the collector would otherwise walk the growing heap again and again while they are
+    made, which costs a third of the time ``loads`` takes (5.5 s of CPU for 1M shards, 3.5 s without)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def as_prefix(url: str) -> str:
