@@ -77,7 +77,7 @@ def index(args: argparse.Namespace) -> None:
     built = build_index(args.url, config=_config(args), concurrency=args.concurrency, progress=True)
     shards = built.shards
     print(f"index: {built.url}: {len(shards)} shards, {sum(s.members for s in shards):,} members, "
-          f"{sum(s.samples for s in shards):,} samples, {_human(sum(s.size for s in shards))}")
+          f"{sum(s.samples for s in shards):,} samples, {human_bytes(sum(s.size for s in shards))}")
 
 
 def _consume(item: tuple[str, Any]) -> int:
