@@ -186,3 +186,21 @@ def test_iterable_dataset_len_with_an_index(ragged: str) -> None:
             got[r] = [name for name, _ in DataLoader(ds, batch_size=None, num_workers=2)]
             assert len(ds) == len(got[r]) == sum(RAGGED), "equal members per rank, known beforehand"
     assert not set(got[0]) & set(got[1])
+
+
+@pytest.mark.parametrize("kind,workers,persistent,epochs,stop_epoch,stop_at,ranks", [
+    ("pipes", 3, True, 3, 1, 4, 2), ("pipes", 1, False, 2, 0, 7, 2), ("pipes", 0, False, 2, 1, 99, 1),
+    ("iterable", 3, True, 2, 0, 9, 2), ("shuffled", 1, True, 2, 1, 3, 2), ("user", 3, False, 2, 0, 5, 2)])
+def test_exactly_once_through_restarts_with_an_index(bucket: str, put, kind: str, workers: int,  # noqa: ANN001
+                                                     persistent: bool, epochs: int, stop_epoch: int,
+                                                     stop_at: int, ranks: int) -> None:
+    """The exactly-once matrix's check (tests/test_exactly_once.py) on the same ragged shards, indexed:
+    epochs cut by samples and resumed from planned positions still deliver every sample once."""
+    import test_exactly_once as eo
+
+    for i, n in enumerate(eo.SIZES):
+        put(f"s3://{bucket}/eo/shard-{i}.tar", tar_bytes(samples(10 * i, n)))
+    url = f"s3://{bucket}/eo/"
+    s3pipes.build_index(url)
+    with one_lister_per_rank():
+        eo.check(kind, url, workers, persistent, epochs, stop_epoch, stop_at, True, ranks)

@@ -123,6 +123,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         self.even_ranks = even_ranks
         self.num_instances, self.instance_id = 1, 0
         self.resume_members = 0  # set by load_tar on a restart inside a shard: see ArchiveExpander
+        self._resumed_at = 0  # the parts a planned epoch had delivered before a restart
 
     def apply_sharding(self, num_of_instances: int, instance_id: int, sharding_group: object = None) -> None:
         if not 0 <= instance_id < num_of_instances:
@@ -155,18 +156,22 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         items: Iterator[tuple[str, int, Mark]] = ((url, src.count - 1, src.mark()) for url in src)
         listing = self._listing()
         if listing is not None and listing.shards:
-            delivered = src.count  # a restart goes on after the run of parts delivered before it
-            if delivered:  # the cut needs the whole epoch's order: read the source again from its start
+            # A restart goes on after the run of parts delivered before it; the cut needs the whole
+            # epoch's order, so the source is read from the epoch's start (see _source).
+            delivered, self._resumed_at = self._resumed_at or src.count, 0
+            if src.count:
                 src = Cursor(self.source_datapipe, self._first)
-                items = ((url, src.count - 1, src.mark()) for url in src)
-            done = done | set(range(delivered))
-            every = list(items)
-            shards = [listing.shards.get(url) for url, _, _ in every]
+            urls = list(src)
+            shards = [listing.shards.get(url) for url in urls]
             if plannable(shards):
-                yield from self._planned(every, shards, done)  # type: ignore[arg-type]
+                # Positions only count: a planned epoch resumes from its start, never from one of
+                # these marks (a source's state at each of a million shards costs seconds).
+                every = [(url, i, {"count": i + 1, "source": None, "planned": True}) for i, url in enumerate(urls)]
+                yield from self._planned(every, shards, done | set(range(delivered)))  # type: ignore[arg-type]
                 return
+            src = Cursor(self.source_datapipe, self._first)
+            items = ((url, src.count - 1, src.mark()) for url in src if src.count > delivered)
             log.info("read_s3: an index covers only some of the URLs (or a zip): reading whole objects")
-            items = iter(every)
         own = (item for item in items if item[1] % self.num_instances == self.instance_id and item[1] not in done)
         ranks = self._ranks()
         if ranks > 1 and self.even_ranks is not False:
@@ -244,6 +249,13 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     def _begin(self) -> ReadPos:
         return {"epoch": self.epoch, "source": None, "done": [], "first": None}
+
+    def _source(self, start: ReadPos) -> Cursor:
+        mark = start["source"]
+        if mark is not None and mark.get("planned"):  # type: ignore[attr-defined]
+            self._resumed_at = mark["count"]  # a planned epoch reads its source again from the start
+            return Cursor(self.source_datapipe, start["first"])
+        return super()._source(start)
 
     def _run(self, start: ReadPos, src: Cursor) -> Iterator[tuple[str, Payload]]:
         if start.get("first") is None:  # nothing delivered yet: the source is at the epoch's start
