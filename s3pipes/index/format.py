@@ -23,7 +23,7 @@ import gzip
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from ..errors import StaleIndexError
 from .._names import split_name
@@ -34,9 +34,9 @@ FORMAT, VERSION = "s3pipes-index", 1
 Member = tuple[str, int, int, int]  # (name in the archive, header offset, data offset, size)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """One object of an indexed prefix."""
+class Shard(NamedTuple):
+    """One object of an indexed prefix. (A named tuple: a frozen dataclass took 2 s more to load a
+    million of them.)"""
 
     url: str
     size: int

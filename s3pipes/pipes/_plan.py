@@ -10,7 +10,7 @@ worker computes the same cut from the same order, so the parts cover each kept s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:  # the index's scanner reads tars with this package's reader
     from ..index.format import Shard
@@ -70,20 +70,23 @@ def cut(total: int, ranks: int, workers: int, rank: int, worker: int, even: bool
     return lo + worker * (hi - lo) // workers, lo + (worker + 1) * (hi - lo) // workers
 
 
-def parts(shards: Sequence[Shard], lo: int, hi: int) -> list[tuple[int, Part]]:
-    """``(position in shards, part)`` for each shard holding samples of the run ``[lo, hi)``."""
-    out, at = [], 0
+def parts(shards: Sequence[Shard], lo: int, hi: int) -> Iterator[tuple[int, Part]]:
+    """``(position in shards, part)`` for each shard holding samples of the run ``[lo, hi)``, made as
+    they are reached (a million shards' parts up front would delay the first sample by seconds)."""
+    at = 0
     for i, shard in enumerate(shards):
-        a, b = max(lo - at, 0), min(hi - at, shard.samples)
-        at += shard.samples
-        if a < b:
+        n = shard.samples
+        a, b = max(lo - at, 0), min(hi - at, n)
+        at += n
+        if a == 0 and b == n and n:
+            yield i, Part(shard, 0, shard.members)  # the whole shard: no need to know where samples start
+        elif a < b:
             starts = shard.sample_starts()
             first = starts[a] if a else 0  # from member 0: members before the first sample go along
-            end = starts[b] if b < shard.samples else shard.members
-            out.append((i, Part(shard, first, end - first)))
+            end = starts[b] if b < n else shard.members
+            yield i, Part(shard, first, end - first)
         if at >= hi:
             break
-    return out
 
 
 def members_per_sample(shards: Sequence[Shard]) -> int | None:

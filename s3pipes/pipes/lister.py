@@ -104,14 +104,14 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
     def _list(self) -> Listing:
         listing = Listing()
         for prefix in self.source_datapipe:
-            found = False
             index = find_index(prefix, self.client.config) if prefix.endswith("/") else None
             shards = index if index is not None else (o for o in client_for(prefix, self.client.config).list(prefix)
                                                       if not o.url.endswith("/" + INDEX_NAME))
-            for obj in shards:
-                if matches(obj.url, self.masks):
-                    found = True
-                    listing.add(obj.url, obj if index is not None else None)  # type: ignore[arg-type]
+            kept = [obj for obj in shards if matches(obj.url, self.masks)] if self.masks else list(shards)
+            found = bool(kept)
+            listing.urls += [obj.url for obj in kept]
+            if index is not None:
+                listing.shards.update((s.url, s) for s in kept)  # type: ignore[misc]
             if not found:
                 raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
         return listing
@@ -141,8 +141,3 @@ class Listing:
     def __init__(self) -> None:
         self.urls: list[str] = []
         self.shards: dict[str, Shard] = {}
-
-    def add(self, url: str, shard: Shard | None) -> None:
-        self.urls.append(url)
-        if shard is not None:
-            self.shards[url] = shard

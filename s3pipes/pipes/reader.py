@@ -164,10 +164,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             urls = list(src)
             shards = [listing.shards.get(url) for url in urls]
             if plannable(shards):
-                # Positions only count: a planned epoch resumes from its start, never from one of
-                # these marks (a source's state at each of a million shards costs seconds).
-                every = [(url, i, {"count": i + 1, "source": None, "planned": True}) for i, url in enumerate(urls)]
-                yield from self._planned(every, shards, done | set(range(delivered)))  # type: ignore[arg-type]
+                yield from self._planned(shards, done | set(range(delivered)))  # type: ignore[arg-type]
                 return
             src = Cursor(self.source_datapipe, self._first)
             items = ((url, src.count - 1, src.mark()) for url in src if src.count > delivered)
@@ -184,8 +181,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             own = (item for item in own if item[1] < keep)
         yield from own
 
-    def _planned(self, items: list[tuple[str, int, Mark]], shards: list[Shard],
-                 done: set[int]) -> Iterator[tuple[str, int, Mark]]:
+    def _planned(self, shards: list[Shard], done: set[int]) -> Iterator[tuple[str, int, Mark]]:
         ranks, workers, rank, worker = self._split()
         total = sum(s.samples for s in shards)
         lo, hi = cut(total, ranks, workers, rank, worker, ranks > 1 and self.even_ranks is not False)
@@ -193,13 +189,14 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             log.info("read_s3: leaving out %d of %d samples this epoch so that %d ranks read %d each",
                      total % ranks, total, ranks, total // ranks)
         resumed, self.resume_members = self.resume_members, 0
-        for i, part in parts(shards, lo, hi):
-            url, index, mark = items[i]
+        for index, part in parts(shards, lo, hi):
             if index in done:
                 continue
             if resumed:  # the part a restart was in: fetch only the members it had not delivered
                 part, resumed = part.resume(resumed), 0
-            yield part, index, mark
+            # Positions only count: a planned epoch resumes from its start (see _source), never from a
+            # source's state at each shard, which would cost seconds over a million shards.
+            yield part, index, {"count": index + 1, "source": None, "planned": True}  # type: ignore[typeddict-item]
 
     def planned(self, what: str) -> int:
         """How many samples (``what="samples"``) or archive members (``"members"``) this reader's share
