@@ -75,9 +75,8 @@ def index(args: argparse.Namespace) -> None:
     from .index import build_index
 
     built = build_index(args.url, config=_config(args), concurrency=args.concurrency, progress=True)
-    shards = built.shards
-    print(f"index: {built.url}: {len(shards)} shards, {sum(s.members for s in shards):,} members, "
-          f"{sum(s.samples for s in shards):,} samples, {human_bytes(sum(s.size for s in shards))}")
+    print(f"index: {built.url}: {len(built)} shards, {sum(built.column('members')):,} members, "
+          f"{sum(built.column('samples')):,} samples, {human_bytes(sum(built.column('size')))}")
 
 
 def _consume(item: tuple[str, Any]) -> int:

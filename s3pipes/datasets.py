@@ -17,7 +17,7 @@ from . import _dist
 from .config import S3Config
 from .errors import BucketNotFoundError
 from .pipes._payload import ArchiveExpander, Payload
-from .pipes._plan import plannable
+from .pipes._plan import Epoch
 from .pipes._state import Cursor, Mark, Resumable
 from .pipes.buffer_shuffler import BufferShuffler
 from .pipes.lister import S3Lister
@@ -133,9 +133,8 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
         the number of members this rank yields (ranks then get equal samples); without one an archive
         object raises ``TypeError``: its members, the items it yields, are not known without reading it."""
         listing = self._lister.listing(per_rank=True)
-        shards = [listing.shards.get(url) for url in listing.urls]
-        if plannable(shards) and all(s.kind != "tar.gz" and not any(re.match(_META, m[0]) for m in s.offsets or ())
-                                     for s in shards):  # type: ignore[union-attr]
+        if Epoch.of(listing, listing.urls) is not None and all(
+                s.kind != "tar.gz" and not any(re.match(_META, m[0]) for m in s.offsets or ()) for s in listing.shards()):
             return S3Reader(self._lister, shard=self.shard, even_ranks=self.even_ranks).planned("members")
         if getattr(self, "_objects", None) is None:
             self._objects = _count_objects(listing.urls)

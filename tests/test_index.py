@@ -77,7 +77,7 @@ def test_index_cli_and_compressed_shards(bucket: str, put, capsys) -> None:  # n
     assert cli(["index", f"s3://{bucket}/gz/"]) == 0
     assert "2 shards, 18 members, 9 samples" in capsys.readouterr().out
     index = s3pipes.find_index(f"s3://{bucket}/gz/")
-    assert [s.kind for s in index] == ["tar.gz", "tar"] and index.shards[0].sample_starts() == [0, 2, 4, 6, 8]
+    assert [s.kind for s in index] == ["tar.gz", "tar"] and index[0].sample_starts() == [0, 2, 4, 6, 8]
     got = [s["__key__"] for s in chain(f"s3://{bucket}/gz/", seed=None)]
     assert sorted(got) == [f"s{i:05d}" for i in range(9)]
 
@@ -148,7 +148,7 @@ def test_resume_inside_a_shard_fetches_only_the_rest(spy, bucket: str, put, stre
     loader2.load_state_dict(state)
     rest = [name for name, _ in loader2]
     assert len(rest) == 24 and not set(first) & set(rest)
-    shard = s3pipes.find_index(url).shards[0]
+    shard = s3pipes.find_index(url)[0]
     remaining = shard.size - shard.offsets[40][1]
     fetched = sum(len_of(r) for r in spy.log if r.path.endswith("shard.tar") and r.method == "GET")
     assert fetched <= remaining + 4096, (fetched, remaining)

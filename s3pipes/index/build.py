@@ -85,7 +85,7 @@ def build_index(prefix: str, *, config: S3Config | None = None, concurrency: int
         parts: list[Any] = [None] * world
         dist.all_gather_object(parts, shards)
         shards = [parts[i % world][i // world] for i in range(len(objects))]  # back in key order
-    index = Index(prefix, tuple(shards))
+    index = Index.of(prefix, shards)
     if rank == 0:
         with store.open_write(index_url(prefix)) as f:
             f.write(index.dumps())

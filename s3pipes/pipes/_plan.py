@@ -10,10 +10,14 @@ worker computes the same cut from the same order, so the parts cover each kept s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
 
 if TYPE_CHECKING:  # the index's scanner reads tars with this package's reader
     from ..index.format import Shard
+    from ._state import Positions
+    from .lister import Listing
 
 TAR_KINDS = ("tar", "tar.gz", "object")  # what can be split by member; zips are read whole, without a plan
 _BLOCK = 512
@@ -58,9 +62,49 @@ class Part(str):
         return self.end is None and self.skip == 0 and self.count == self.shard.members
 
 
-def plannable(shards: Sequence[Shard | None]) -> bool:
-    """Whether every shard of the epoch is indexed and can be split by member."""
-    return bool(shards) and all(s is not None and s.kind in TAR_KINDS for s in shards)
+class Epoch:
+    """The shards of an epoch planned by samples: their positions in the listing, in the epoch's order,
+    and where each one's samples end when they are laid end to end."""
+
+    def __init__(self, listing: Listing, positions: Positions) -> None:
+        self.listing, self.positions = listing, positions
+        # In torch: a million shards' sums in Python cost half a second of the first sample.
+        at = (positions if isinstance(positions, torch.Tensor) else
+              torch.arange(len(positions)) if positions == range(len(positions)) else torch.tensor(positions))
+        self.ends = torch.cumsum(listing.samples()[at], 0)
+
+    @classmethod
+    def of(cls, listing: Listing | None, urls: list[str], positions: Positions | None = None) -> Epoch | None:
+        """The plan of an epoch that reads ``urls`` in this order (``positions``: where each is in the
+        listing, if known), if every one is an indexed shard that can be split by member, else ``None``."""
+        kinds = listing.kinds() if listing is not None else set()
+        if listing is None or not kinds or not kinds <= set(TAR_KINDS):
+            return None
+        if positions is None or len(positions) != len(urls):
+            positions = listing.positions(urls)
+        return cls(listing, positions) if positions is not None and len(positions) else None
+
+    @property
+    def total(self) -> int:
+        """The epoch's samples."""
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def parts(self, lo: int, hi: int) -> Iterator[tuple[int, Part]]:
+        """``(position in the epoch, part)`` for each shard holding samples of the run ``[lo, hi)``, made as
+        they are reached (a million shards' parts up front would delay the first sample by seconds)."""
+        for i in range(int(torch.searchsorted(self.ends, lo, right=True)), len(self.ends)):
+            shard, end = self.listing.shard(int(self.positions[i])), int(self.ends[i])
+            n = shard.samples
+            a, b = max(lo - end + n, 0), min(hi - end + n, n)
+            if a == 0 and b == n and n:
+                yield i, Part(shard, 0, shard.members)  # the whole shard: no need to know where samples start
+            elif a < b:
+                starts = shard.sample_starts()
+                first = starts[a] if a else 0  # from member 0: members before the first sample go along
+                last = starts[b] if b < n else shard.members
+                yield i, Part(shard, first, last - first)
+            if end >= hi:
+                break
 
 
 def cut(total: int, ranks: int, workers: int, rank: int, worker: int, even: bool) -> tuple[int, int]:
@@ -70,30 +114,11 @@ def cut(total: int, ranks: int, workers: int, rank: int, worker: int, even: bool
     return lo + worker * (hi - lo) // workers, lo + (worker + 1) * (hi - lo) // workers
 
 
-def parts(shards: Sequence[Shard], lo: int, hi: int) -> Iterator[tuple[int, Part]]:
-    """``(position in shards, part)`` for each shard holding samples of the run ``[lo, hi)``, made as
-    they are reached (a million shards' parts up front would delay the first sample by seconds)."""
-    at = 0
-    for i, shard in enumerate(shards):
-        n = shard.samples
-        a, b = max(lo - at, 0), min(hi - at, n)
-        at += n
-        if a == 0 and b == n and n:
-            yield i, Part(shard, 0, shard.members)  # the whole shard: no need to know where samples start
-        elif a < b:
-            starts = shard.sample_starts()
-            first = starts[a] if a else 0  # from member 0: members before the first sample go along
-            end = starts[b] if b < n else shard.members
-            yield i, Part(shard, first, end - first)
-        if at >= hi:
-            break
-
-
-def members_per_sample(shards: Sequence[Shard]) -> int | None:
-    """The members of every sample if all samples have as many (then a run's members are known
-    without its order), else ``None``."""
-    ratios = {s.members // s.samples for s in shards if s.samples} | {
-        -1 for s in shards if s.samples and s.members % s.samples or (not s.samples and s.members)}
+def members_per_sample(listing: Listing) -> int | None:
+    """The members of every sample if all samples of the listing have as many (then a run's members are
+    known without its order), else ``None``."""
+    pairs = set(zip(listing.column("members"), listing.column("samples")))
+    ratios = {m // n if n and not m % n else -1 for m, n in pairs if n or m}
     return ratios.pop() if len(ratios) == 1 and -1 not in ratios else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any, TypedDict
 
@@ -61,4 +62,15 @@ class Seeded(Resumable[P, T]):
 
     @staticmethod
     def _rng(order: Any) -> random.Random:
-        return random.Random(f"s3pipes/{order['seed']}/{order['epoch']}")  # str seeds hash alike everywhere
+        return random.Random(_key(order))  # str seeds hash alike everywhere
+
+    @staticmethod
+    def _permutation(order: Any, n: int) -> torch.Tensor:
+        """A permutation of ``range(n)`` fixed by ``order``: torch's ``randperm`` makes a million in 40 ms,
+        where ``random.shuffle`` takes a second (the first sample over a million shards waits for it)."""
+        seed = int.from_bytes(hashlib.blake2b(_key(order).encode(), digest_size=8).digest(), "little") >> 1
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _key(order: Any) -> str:
+    return f"s3pipes/{order['seed']}/{order['epoch']}"

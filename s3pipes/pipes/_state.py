@@ -23,7 +23,10 @@ A position is a plain dict (a TypedDict per pipe) that records its epoch: loader
 
 from __future__ import annotations
 
-from typing import Any, Generic, Iterable, Iterator, TypedDict, TypeVar
+from operator import length_hint
+from typing import Any, Generic, Iterable, Iterator, Sequence, TypedDict, TypeVar, Union
+
+import torch
 
 from .. import accounting
 
@@ -34,6 +37,7 @@ def ended(pos: Any) -> bool:
 
 
 T = TypeVar("T")
+Positions = Union[Sequence[int], torch.Tensor]  # where items are in the listing (a tensor after a shuffle)
 P = TypeVar("P", bound=dict)  # a pipe's position: a TypedDict with at least "epoch" and "source"
 
 
@@ -125,7 +129,7 @@ class Cursor(Iterator[Any]):
 
     def __init__(self, source: Iterable[Any], mark: Mark | None = None) -> None:
         self.source, self.stateful = source, resumable(source)
-        self.count = mark["count"] if mark else 0
+        self.count = self.began = mark["count"] if mark else 0
         if mark and self.stateful:
             self.source.load_state_dict(mark["source"])  # type: ignore[attr-defined]
         self._it = iter(source)
@@ -138,6 +142,59 @@ class Cursor(Iterator[Any]):
         self.count += 1
         return item
 
+    def rest(self) -> list[Any]:
+        """Every item left, pulled without a Python call per item (a million shards' URLs)."""
+        items = list(self._it)
+        self.count += len(items)
+        return items
+
+    def positions(self) -> Positions | None:
+        """Where each item pulled is in the listing of ``list_s3``, if the source knows (see
+        :class:`Listed`) and was read from its start."""
+        return self.source.positions() if isinstance(self.source, Listed) and self.began == 0 else None
+
     def mark(self) -> Mark:
         state = self.source.state_dict() if self.stateful else None  # type: ignore[attr-defined]
         return {"count": self.count, "source": state}
+
+
+class Counted:
+    """The items of a list from the ``yielded``-th on, for a pipe whose epoch is a list (the listing, the
+    shards' order), at the speed of a list iterator: how many were yielded is read off the iterator when
+    a position is asked for, since building a position for every item cost seconds over a million shards.
+    ``origin`` is the position the run began from (the pipe's ``_pos`` until its epoch ends);
+    ``positions``, where each item is in the lister's listing, if known (see :meth:`Listed.positions`)."""
+
+    def __init__(self, origin: dict[str, Any], items: list[Any], positions: Positions | None = None) -> None:
+        self.origin, self.yielded = origin, origin["yielded"]
+        self.items = items[self.yielded:] if self.yielded else items
+        self.it = iter(self.items)
+        self.positions = positions if not self.yielded else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.it
+
+    def position(self, pos: Any) -> Any:
+        """``pos``, and if it is this run's origin, with the items yielded so far."""
+        if pos is not self.origin:  # ended, or another epoch begun
+            return pos
+        return {**pos, "yielded": self.yielded + len(self.items) - length_hint(self.it)}
+
+    def __reduce__(self) -> Any:
+        return type(None), ()  # a copy of the pipe (a worker's) starts runs of its own: pickled as None
+
+
+class Listed:
+    """What the pipes whose epoch is a list share: a :class:`Counted` run, and where its items are in
+    the listing, which spares a reader planning an epoch by samples from looking up a million URLs."""
+
+    _counted: Counted | None = None
+    _pos: Any
+
+    def _position(self) -> Any:
+        return self._counted.position(self._pos) if self._counted is not None else self._pos
+
+    def positions(self) -> Positions | None:
+        """Where each item of the epoch now running is in the listing of ``list_s3``, if this pipe knows
+        and the run began at the epoch's start, else ``None``."""
+        return self._counted.positions if self._counted is not None else None

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from typing import Iterable, Iterator, Sequence, TypedDict
+from bisect import bisect_right
+from typing import Any, Iterable, Iterator, Sequence, TypedDict
 
+import torch
 from torch.utils.data import IterDataPipe, get_worker_info
 from torch.utils.data.datapipes._decorator import functional_datapipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 
 from .. import _dist
 from ..config import S3Config
-from ..index import INDEX_NAME, Shard, find_index
+from ..index import INDEX_NAME, Index, Shard, find_index
 from ..s3 import S3Client
 from ..s3.usage import process_usage
 from ..stores import client_for
-from ._state import Cursor, Mark, Resumable
+from ._state import Counted, Cursor, Listed, Mark, Resumable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class ListPos(TypedDict):
 
 
 @functional_datapipe("list_s3")
-class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
+class S3Lister(Listed, Resumable[ListPos, str], IterDataPipe[str]):
     """Lists the objects under each prefix, in key order, fetching pages as they are consumed
     (functional name: ``list_s3``).
 
@@ -97,22 +99,23 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
     def _take(self) -> Listing:
         before = process_usage()
         listing = self._list()
-        log.info("list_s3: %d objects%s: %s", len(listing.urls), " (from the index)" if listing.shards else "",
+        log.info("list_s3: %d objects%s: %s", len(listing.urls), " (from the index)" if listing.indexed else "",
                  process_usage() - before)
         return listing
 
     def _list(self) -> Listing:
         listing = Listing()
         for prefix in self.source_datapipe:
+            before = len(listing.urls)
             index = find_index(prefix, self.client.config) if prefix.endswith("/") else None
-            shards = index if index is not None else (o for o in client_for(prefix, self.client.config).list(prefix)
-                                                      if not o.url.endswith("/" + INDEX_NAME))
-            kept = [obj for obj in shards if matches(obj.url, self.masks)] if self.masks else list(shards)
-            found = bool(kept)
-            listing.urls += [obj.url for obj in kept]
             if index is not None:
-                listing.shards.update((s.url, s) for s in kept)  # type: ignore[misc]
-            if not found:
+                urls = index.urls()
+                rows = [i for i, url in enumerate(urls) if matches(url, self.masks)] if self.masks else None
+                listing.add_index(index, urls if rows is None else [urls[i] for i in rows], rows)
+            else:
+                listing.add([o.url for o in client_for(prefix, self.client.config).list(prefix)
+                             if not o.url.endswith("/" + INDEX_NAME) and matches(o.url, self.masks)])
+            if len(listing.urls) == before:
                 raise FileNotFoundError(f"{prefix}: no objects match {self.masks}; check the prefix and masks")
         return listing
 
@@ -123,21 +126,78 @@ class S3Lister(Resumable[ListPos, str], IterDataPipe[str]):
         return Cursor(())  # the listing is taken once and kept
 
     def _run(self, start: ListPos, src: Cursor) -> Iterator[str]:
-        done = start["yielded"]
-        for url in self.listing().urls[done:]:
-            done += 1
-            self._pos = {**start, "yielded": done}
-            yield url
+        urls = self.listing().urls
+        self._counted = Counted(start, urls, range(len(urls)))  # type: ignore[arg-type]
+        yield from self._counted
 
     def __len__(self) -> int:
         return len(self.listing().urls)
 
 
 class Listing:
-    """The URLs a lister yields, and the index entries of those under an indexed prefix. Not a
-    collection on purpose: torch's graph walk (each epoch) pickles the collections a pipe holds, and
-    skips other objects."""
+    """The URLs a lister yields and, for those under an indexed prefix, their index entries, looked up by
+    position in ``urls``. Not a collection on purpose: torch's graph walk (each epoch) pickles the
+    collections a pipe holds, and skips other objects."""
 
     def __init__(self) -> None:
         self.urls: list[str] = []
-        self.shards: dict[str, Shard] = {}
+        self._runs: list[tuple[int, Index, list[int] | None]] = []  # (first position, index, rows kept or None: all)
+        self._unindexed = 0  # URLs with no index entry
+        self._where: dict[str, int] | None = None  # URL -> position, made when first needed
+        self._columns: dict[str, list[Any]] = {}
+        self._samples: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What is made from the rest is made again where needed: a worker started by spawn gets less to
+        # unpickle, and no tensor in shared memory (which is how torch pickles tensors to workers).
+        return {**self.__dict__, "_where": None, "_samples": None, "_columns": {}}
+
+    def add(self, urls: list[str]) -> None:
+        self.urls += urls
+        self._unindexed += len(urls)
+
+    def add_index(self, index: Index, urls: list[str], rows: list[int] | None) -> None:
+        self._runs.append((len(self.urls), index, rows))
+        self.urls += urls
+
+    @property
+    def indexed(self) -> bool:
+        """Whether any URL has an index entry."""
+        return bool(self._runs)
+
+    def kinds(self) -> set[str]:
+        """The kinds of shard listed, if every URL has an index entry, else an empty set."""
+        return set(self.column("kind")) if self.urls and not self._unindexed else set()
+
+    def column(self, name: str) -> list[Any]:
+        """An index column (see :class:`~s3pipes.index.Index`) with an entry per URL, in the order of
+        ``urls``; only where every URL has an index entry."""
+        if name not in self._columns:
+            col: list[Any] = []
+            for _, index, rows in self._runs:
+                whole = index.column(name)
+                col += whole if rows is None else [whole[i] for i in rows]
+            self._columns[name] = col
+        return self._columns[name]
+
+    def samples(self) -> torch.Tensor:
+        """The ``samples`` column as a tensor (for sums over a million shards)."""
+        if self._samples is None:
+            self._samples = torch.tensor(self.column("samples"), dtype=torch.int64)
+        return self._samples
+
+    def positions(self, urls: list[str]) -> list[int] | None:
+        """Where each of ``urls`` is in the listing, or ``None`` if one is not listed."""
+        if self._where is None:
+            self._where = dict(zip(self.urls, range(len(self.urls))))
+        found = list(map(self._where.get, urls))
+        return None if None in found else found  # type: ignore[return-value]
+
+    def shard(self, position: int) -> Shard:
+        """The index entry of the URL at ``position``."""
+        first, index, rows = self._runs[bisect_right([r[0] for r in self._runs], position) - 1]
+        return index[position - first if rows is None else rows[position - first]]
+
+    def shards(self) -> list[Shard]:
+        """Every URL's index entry, in order (made one by one: for the few callers that need them all)."""
+        return [self.shard(i) for i in range(len(self.urls))]

@@ -20,9 +20,8 @@ from ..cache import ShardCache
 from ..config import S3Config
 from ..s3 import S3Client
 from ..errors import ObjectChangedError, StaleIndexError
-from ..index.format import Shard
 from ..stores import client_for
-from ._plan import Part, cut, members_per_sample, parts, plannable
+from ._plan import Epoch, Part, cut, members_per_sample
 from ._state import Cursor, Mark, Resumable
 from .lister import Listing, S3Lister
 
@@ -155,16 +154,15 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         position after them."""
         items: Iterator[tuple[str, int, Mark]] = ((url, src.count - 1, src.mark()) for url in src)
         listing = self._listing()
-        if listing is not None and listing.shards:
+        if listing is not None and listing.indexed:
             # A restart goes on after the run of parts delivered before it; the cut needs the whole
             # epoch's order, so the source is read from the epoch's start (see _source).
             delivered, self._resumed_at = self._resumed_at or src.count, 0
             if src.count:
                 src = Cursor(self.source_datapipe, self._first)
-            urls = list(src)
-            shards = [listing.shards.get(url) for url in urls]
-            if plannable(shards):
-                yield from self._planned(shards, done | set(range(delivered)))  # type: ignore[arg-type]
+            epoch = Epoch.of(listing, src.rest(), src.positions())
+            if epoch is not None:
+                yield from self._planned(epoch, done | set(range(delivered)))
                 return
             src = Cursor(self.source_datapipe, self._first)
             items = ((url, src.count - 1, src.mark()) for url in src if src.count > delivered)
@@ -181,15 +179,15 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             own = (item for item in own if item[1] < keep)
         yield from own
 
-    def _planned(self, shards: list[Shard], done: set[int]) -> Iterator[tuple[str, int, Mark]]:
+    def _planned(self, epoch: Epoch, done: set[int]) -> Iterator[tuple[str, int, Mark]]:
         ranks, workers, rank, worker = self._split()
-        total = sum(s.samples for s in shards)
+        total = epoch.total
         lo, hi = cut(total, ranks, workers, rank, worker, ranks > 1 and self.even_ranks is not False)
         if rank == worker == 0 and total % ranks and ranks > 1 and self.even_ranks is not False:
             log.info("read_s3: leaving out %d of %d samples this epoch so that %d ranks read %d each",
                      total % ranks, total, ranks, total // ranks)
         resumed, self.resume_members = self.resume_members, 0
-        for index, part in parts(shards, lo, hi):
+        for index, part in epoch.parts(lo, hi):
             if index in done:
                 continue
             if resumed:  # the part a restart was in: fetch only the members it had not delivered
@@ -202,20 +200,19 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         """How many samples (``what="samples"``) or archive members (``"members"``) this reader's share
         of an epoch holds, from the index; ``TypeError`` where that is not known before the epoch."""
         listing = self._listing()
-        shards = [listing.shards.get(url) for url in listing.urls] if listing is not None else []
-        if not plannable(shards):
+        epoch = Epoch.of(listing, listing.urls) if listing is not None else None
+        if epoch is None:
             raise TypeError(f"the number of {what} is known beforehand only with an index of the prefix "
                             f"(`s3pipes index PREFIX`) covering every shard read, tar or plain objects")
         ranks, workers, rank, worker = self._split()
-        lo, hi = cut(sum(s.samples for s in shards), ranks, workers, rank, worker,  # type: ignore[union-attr]
-                     ranks > 1 and self.even_ranks is not False)
+        lo, hi = cut(epoch.total, ranks, workers, rank, worker, ranks > 1 and self.even_ranks is not False)
         if what == "samples":
             return hi - lo
-        per = members_per_sample(shards)  # type: ignore[arg-type]
+        per = members_per_sample(epoch.listing)
         if per is not None:
             return (hi - lo) * per
         if ranks == workers == 1:
-            return sum(s.members for s in shards)  # type: ignore[union-attr]
+            return sum(epoch.listing.column("members"))
         raise TypeError("the members of a reader's share depend on the epoch's shard order when samples "
                         "have different numbers of members; len() of group_samples() is exact")
 
@@ -278,7 +275,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     def __len__(self) -> int:
         listing = self._listing()
-        if listing is not None and listing.shards and plannable([listing.shards.get(u) for u in listing.urls]):
+        if listing is not None and Epoch.of(listing, listing.urls) is not None:
             if self._split()[:2] != (1, 1):
                 raise TypeError("with an index, read_s3 splits shards by samples, and how many parts a reader "
                                 "reads depends on the epoch's shard order; len() of load_tar() or "

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Iterator, TypeVar
 
+import torch
 from torch.utils.data import IterDataPipe
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ._seeded import Order, Seeded
-from ._state import Cursor, Mark
+from ._state import Counted, Cursor, Listed, Mark
 
 T = TypeVar("T")
 
@@ -20,7 +21,7 @@ class ShardOrder(Order):
 
 
 @functional_datapipe("shuffle_shards")
-class ShardShuffler(Seeded[ShardOrder, T], IterDataPipe[T]):
+class ShardShuffler(Listed, Seeded[ShardOrder, T], IterDataPipe[T]):
     """Shuffles the whole list of shards (or objects) once per epoch (functional name: ``shuffle_shards``).
 
     Every DataLoader worker and ``torch.distributed`` rank computes the same order, so ``read_s3``
@@ -48,14 +49,15 @@ class ShardShuffler(Seeded[ShardOrder, T], IterDataPipe[T]):
         return {**self._order(), "source": None, "yielded": 0}
 
     def _run(self, start: ShardOrder, src: Cursor) -> Iterator[T]:
-        items = list(src)
+        items = src.rest()
+        known = src.positions()
         if self.enabled:
-            self._rng(start).shuffle(items)
-        done = start["yielded"]
-        for item in items[done:]:
-            done += 1
-            self._pos = {**start, "yielded": done}
-            yield item
+            order = self._permutation(start, len(items))
+            items = list(map(items.__getitem__, order.tolist()))
+            if known is not None:  # where each item is in the listing (over the listing's order: the permutation)
+                known = order if known == range(len(items)) else torch.as_tensor(known)[order]
+        self._counted = Counted(start, items, known)  # type: ignore[arg-type]
+        yield from self._counted
 
     def __len__(self) -> int:
         if isinstance(self.source_datapipe, Sized):
