@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterDataPipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 
+from ._optional import need
 from .accounting import usage
 from .config import S3Config
 from .s3 import S3Client, reset_clients
@@ -36,10 +37,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 
 def _need(module: str) -> Any:
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        raise ImportError(f"the demo needs {module.split('.')[0]}: pip install 's3pipes[demo]'") from None
+    return need(module, "the demo", "demo")
 
 
 @dataclass

@@ -16,3 +16,7 @@ class CorruptArchiveError(ValueError):
 class StaleIndexError(ObjectChangedError):
     """A shard no longer matches the prefix's index (changed, resized or gone); the message names the
     shard and the command that rebuilds the index."""
+
+
+class DecodeError(ValueError):
+    """A sample's member could not be decoded (``decode()``); the message names the shard and member."""

@@ -2,13 +2,16 @@
 
 from . import _torch_patch
 from .buffer_shuffler import BufferShuffler
+from .decode import SampleDecoder
 from .grouper import SampleGrouper
 from .lister import S3Lister
 from .reader import S3Reader
 from .shard_shuffler import ShardShuffler
 from .tar import TarExpander
+from .tuples import TupleMaker
 from .zip import ZipExpander
 
 _torch_patch.install()
 
-__all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]
+__all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleDecoder", "SampleGrouper", "ShardShuffler", "TarExpander",
+           "TupleMaker", "ZipExpander"]
