@@ -5,9 +5,10 @@ from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
 from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists, get_file_size, list_files
-from .errors import BucketNotFoundError, CorruptArchiveError, ObjectChangedError, StaleIndexError
+from .errors import BucketNotFoundError, CorruptArchiveError, CorruptDataError, ObjectChangedError, StaleIndexError
 from .index import Index, build_index, find_index
-from .pipes import BufferShuffler, S3Lister, S3Reader, SampleGrouper, ShardShuffler, TarExpander, ZipExpander
+from .pipes import (BufferShuffler, JsonlLoader, S3Lister, S3Reader, SampleGrouper, ShardShuffler,
+                    TarExpander, ZipExpander)
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .samples import TarSamples
 from .s3.usage import S3_STANDARD, Prices, Usage
@@ -17,8 +18,10 @@ __all__ = [
     "BucketNotFoundError",
     "BufferShuffler",
     "CorruptArchiveError",
+    "CorruptDataError",
     "FsspecClient",
     "Index",
+    "JsonlLoader",
     "ObjectChangedError",
     "ObjectInfo",
     "Prices",

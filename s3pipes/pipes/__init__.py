@@ -3,6 +3,7 @@
 from . import _torch_patch
 from .buffer_shuffler import BufferShuffler
 from .grouper import SampleGrouper
+from .jsonl import JsonlLoader
 from .lister import S3Lister
 from .reader import S3Reader
 from .shard_shuffler import ShardShuffler
@@ -11,4 +12,4 @@ from .zip import ZipExpander
 
 _torch_patch.install()
 
-__all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]
+__all__ = ["BufferShuffler", "JsonlLoader", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]
