@@ -7,7 +7,7 @@ from .config import S3Config
 from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists, get_file_size, list_files
 from .errors import BucketNotFoundError, CorruptArchiveError, CorruptDataError, ObjectChangedError, StaleIndexError
 from .index import Index, build_index, find_index
-from .pipes import (BufferShuffler, JsonlLoader, S3Lister, S3Reader, SampleGrouper, ShardShuffler,
+from .pipes import (BufferShuffler, JsonlLoader, ParquetLoader, S3Lister, S3Reader, SampleGrouper, ShardShuffler,
                     TarExpander, ZipExpander)
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .samples import TarSamples
@@ -24,6 +24,7 @@ __all__ = [
     "JsonlLoader",
     "ObjectChangedError",
     "ObjectInfo",
+    "ParquetLoader",
     "Prices",
     "S3Client",
     "S3_STANDARD",

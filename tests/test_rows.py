@@ -1,4 +1,4 @@
-"""load_jsonl against the moto server: contents, bounded memory, exactly once across
+"""load_jsonl and load_parquet against the moto server: contents, bounded memory, exactly once across
 workers and ranks, mid-object resume that fetches no byte it need not, and errors naming the object."""
 
 from __future__ import annotations
@@ -8,16 +8,19 @@ import gzip
 import io
 import json
 import logging
+import os
 import re
 import sys
 from contextlib import ExitStack
 from typing import Any, Callable, Iterator
 from unittest import mock
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import zstandard
-from faultproxy import FaultProxy
+from faultproxy import Fault, FaultProxy
 from torch.utils.data import DataLoader, IterDataPipe
 from torch.utils.data.datapipes.iter import IterableWrapper
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -224,3 +227,123 @@ def test_jsonl_resume_mid_object(endpoint: str, bucket: str, put: Callable[[str,
             assert min(starts[path]) > 0, f"{path}: read again from its first byte after the restart"
         else:
             assert 0 in starts[path], "a compressed object is decompressed again from its start"
+
+
+def _table(rows: int, groups: int) -> tuple[pa.Table, int]:
+    """A table of ``rows`` rows of several types, and the row group size that makes ``groups`` of them."""
+    ids = list(range(rows))
+    return pa.table({
+        "id": ids,
+        "text": [f"row {i} é" for i in ids],
+        "score": [None if i % 7 == 0 else i / 3 for i in ids],
+        "tags": [[f"t{i % 3}"] * (i % 3) for i in ids],
+    }), -(-rows // groups)
+
+
+def _parquet(table: pa.Table, row_group_size: int) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def table_url(boto, module_bucket: str) -> tuple[str, pa.Table]:  # noqa: ANN001
+    table, size = _table(1000, 4)
+    boto.put_object(Bucket=module_bucket, Key="pq/t.parquet", Body=_parquet(table, size))
+    return f"s3://{module_bucket}/pq/t.parquet", table
+
+
+def test_parquet_rows_columns_and_batches(table_url: tuple[str, pa.Table]) -> None:
+    url, table = table_url
+    dp = IterableWrapper([url]).read_s3(stream=True)
+    assert list(dp.load_parquet()) == table.to_pylist()
+    assert list(dp.load_parquet(columns=["tags", "id"])) == table.select(["tags", "id"]).to_pylist()
+    batches = list(dp.load_parquet(batches=True, batch_size=128))
+    assert all(isinstance(b, pa.RecordBatch) and b.num_rows <= 128 for b in batches)
+    assert pa.Table.from_batches(batches).equals(table)
+    assert list(IterableWrapper([url]).read_s3().load_parquet(columns=["id"], with_url=True))[-1] == (url, {"id": 999})
+
+
+def test_parquet_one_column_of_ten_fetches_its_share(bucket: str, put: Callable[[str, bytes], str]) -> None:
+    n = 200_000
+    data = _parquet(pa.table({f"c{i}": pa.array(range(i, i + n), pa.float64()) for i in range(10)}), 50_000)
+    url = put(f"s3://{bucket}/wide.parquet", data)
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    column = sum(meta.row_group(g).column(3).total_compressed_size for g in range(meta.num_row_groups))
+
+    dp = IterableWrapper([url]).read_s3(stream=True).load_parquet(columns=["c3"], batches=True)
+    before = process_usage()
+    rows = sum(b.num_rows for b in dp)
+    used = process_usage() - before
+
+    assert rows == n
+    footer = 64 << 10  # pyarrow reads the last 64 KiB at once, footer and all
+    assert column <= used.bytes_in <= 1.5 * column + footer, \
+        f"{used.bytes_in} bytes fetched for a column of {column} in a file of {len(data)}"
+    assert used.get == 1 + meta.num_row_groups, "one GET for the footer, one for each row group's chunk"
+
+
+@pytest.mark.parametrize("batches", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_parquet_resume_mid_object_at_its_row_group(endpoint: str, bucket: str, put: Callable[[str, bytes], str],
+                                                    workers: int, batches: bool) -> None:
+    files = {}
+    for name in ("p", "q"):
+        table, size = _table(1000, 4)
+        # random padding: row groups well beyond the 64 KiB pyarrow reads from the end at once
+        table = table.append_column("name", pa.array([name] * 1000)).append_column(
+            "pad", pa.array([os.urandom(150).hex() for _ in range(1000)]))
+        files[name] = _parquet(table, size)
+        put(f"s3://{bucket}/r/{name}.parquet", files[name])
+    urls = [f"s3://{bucket}/r/{name}.parquet" for name in files]
+    # mid-way through a row group of 250 rows (with 2 workers, half as far in each of the two objects)
+    stop = 6 if batches else 650
+
+    def explode(item: Any) -> list[tuple[str, int]]:
+        return [(r["name"], r["id"]) for r in (item.to_pylist() if batches else [item])]
+
+    def make(cfg: S3Config) -> IterDataPipe:
+        return IterableWrapper(urls).read_s3(stream=True, config=cfg).load_parquet(batches=batches, batch_size=100)
+
+    before, after, starts = _resume(make, endpoint, workers, stop, key=explode)
+
+    delivered = [row for rows in before for row in rows]
+    got = delivered + [row for rows in after for row in rows]
+    assert collections.Counter(got) == collections.Counter((name, i) for name in files for i in range(1000))
+    midway = {name: n for name, n in collections.Counter(name for name, _ in delivered).items() if 0 < n < 1000}
+    assert midway, "the checkpoint falls inside an object"
+    for name, done in midway.items():
+        group = pq.ParquetFile(io.BytesIO(files[name])).metadata.row_group(done // 250)
+        chunks = [group.column(j) for j in range(group.num_columns)]
+        first = min(c.dictionary_page_offset or c.data_page_offset for c in chunks)
+        assert min(starts[f"/{bucket}/r/{name}.parquet"]) >= first, \
+            "after a restart nothing before the row group it was in is fetched"
+
+
+def test_parquet_errors_name_the_object(bucket: str, put: Callable[[str, bytes], str],
+                                        table_url: tuple[str, pa.Table]) -> None:
+    url, table = table_url
+    text = put(f"s3://{bucket}/d/notes.parquet", b"hello\n" * 100)
+    with pytest.raises(CorruptDataError, match=re.escape(f"{text}: not a readable Parquet file: ")):
+        list(IterableWrapper([text]).read_s3(stream=True).load_parquet())
+    dp = IterableWrapper([text, url]).read_s3(stream=True).load_parquet(columns=["id"], skip_corrupt=True)
+    assert len(list(dp)) == 1000 and dp.skipped == 1
+    with pytest.raises(ValueError, match=re.escape(f"{url}: no column 'nope' in this Parquet file; it has ['id',")):
+        list(IterableWrapper([url]).read_s3(stream=True).load_parquet(columns=["id", "nope"]))
+
+
+def test_parquet_failed_read_is_not_taken_for_damage(endpoint: str, table_url: tuple[str, pa.Table]) -> None:
+    url, _ = table_url
+    # HEAD and the footer's GET go through; the row group's GET is refused
+    with FaultProxy(endpoint, script=[None, None, Fault.error(403)]) as proxy:
+        dp = IterableWrapper([url]).read_s3(stream=True, config=S3Config(endpoint_url=proxy.url)).load_parquet()
+        with pytest.raises(PermissionError, match=re.escape(url)):
+            list(dp)
+
+
+def test_parquet_without_pyarrow_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=re.escape("load_parquet needs the pyarrow package, which is not "
+                                                    "installed: pip install 's3pipes[parquet]'")):
+        IterableWrapper(["s3://b/t.parquet"]).read_s3(stream=True).load_parquet()

@@ -5,6 +5,7 @@ from .buffer_shuffler import BufferShuffler
 from .grouper import SampleGrouper
 from .jsonl import JsonlLoader
 from .lister import S3Lister
+from .parquet import ParquetLoader
 from .reader import S3Reader
 from .shard_shuffler import ShardShuffler
 from .tar import TarExpander
@@ -12,4 +13,5 @@ from .zip import ZipExpander
 
 _torch_patch.install()
 
-__all__ = ["BufferShuffler", "JsonlLoader", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler", "TarExpander", "ZipExpander"]
+__all__ = ["BufferShuffler", "JsonlLoader", "ParquetLoader", "S3Lister", "S3Reader", "SampleGrouper", "ShardShuffler",
+           "TarExpander", "ZipExpander"]
