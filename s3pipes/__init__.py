@@ -5,10 +5,11 @@ from .cache import ShardCache
 from .checkpoint import load, save
 from .config import S3Config
 from .datasets import S3Dataset, S3IterableDataset, ShuffleDataset, file_exists, get_file_size, list_files
-from .errors import BucketNotFoundError, CorruptArchiveError, DecodeError, ObjectChangedError, StaleIndexError
+from .errors import (BucketNotFoundError, CorruptArchiveError, CorruptDataError, DecodeError, ObjectChangedError,
+                     StaleIndexError)
 from .index import Index, build_index, find_index
-from .pipes import (BufferShuffler, S3Lister, S3Reader, SampleDecoder, SampleGrouper, ShardShuffler, TarExpander,
-                    TupleMaker, ZipExpander)
+from .pipes import (BufferShuffler, JsonlLoader, ParquetLoader, S3Lister, S3Reader, SampleDecoder, SampleGrouper,
+                    ShardShuffler, TarExpander, TupleMaker, ZipExpander)
 from .s3 import ObjectInfo, S3Client, S3Url, S3Writer, parse_url
 from .samples import TarSamples
 from .s3.usage import S3_STANDARD, Prices, Usage
@@ -18,11 +19,14 @@ __all__ = [
     "BucketNotFoundError",
     "BufferShuffler",
     "CorruptArchiveError",
+    "CorruptDataError",
     "DecodeError",
     "FsspecClient",
     "Index",
+    "JsonlLoader",
     "ObjectChangedError",
     "ObjectInfo",
+    "ParquetLoader",
     "Prices",
     "S3Client",
     "S3_STANDARD",

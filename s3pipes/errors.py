@@ -13,6 +13,10 @@ class CorruptArchiveError(ValueError):
     """A tar or zip shard could not be read; the message names the shard and, where known, the member."""
 
 
+class CorruptDataError(ValueError):
+    """A JSON lines or Parquet object could not be read; the message names it and, for JSON lines, the line."""
+
+
 class StaleIndexError(ObjectChangedError):
     """A shard no longer matches the prefix's index (changed, resized or gone); the message names the
     shard and the command that rebuilds the index."""

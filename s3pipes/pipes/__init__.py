@@ -4,7 +4,9 @@ from . import _torch_patch
 from .buffer_shuffler import BufferShuffler
 from .decode import SampleDecoder
 from .grouper import SampleGrouper
+from .jsonl import JsonlLoader
 from .lister import S3Lister
+from .parquet import ParquetLoader
 from .reader import S3Reader
 from .shard_shuffler import ShardShuffler
 from .tar import TarExpander
@@ -13,5 +15,5 @@ from .zip import ZipExpander
 
 _torch_patch.install()
 
-__all__ = ["BufferShuffler", "S3Lister", "S3Reader", "SampleDecoder", "SampleGrouper", "ShardShuffler", "TarExpander",
-           "TupleMaker", "ZipExpander"]
+__all__ = ["BufferShuffler", "JsonlLoader", "ParquetLoader", "S3Lister", "S3Reader", "SampleDecoder", "SampleGrouper",
+           "ShardShuffler", "TarExpander", "TupleMaker", "ZipExpander"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator, TypedDict, Union
+from typing import Any, BinaryIO, Callable, Iterator, TypedDict, Union
 
 from ..errors import CorruptArchiveError
 from torch.utils.data import IterDataPipe
@@ -78,12 +78,7 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
 
     def _run(self, start: ExpandPos, src: Cursor) -> Iterator[tuple[str, bytes]]:
         done = start["members"]
-        while True:
-            mark = src.mark()
-            try:
-                shard, payload = next(src)
-            except StopIteration:
-                return
+        for mark, (shard, payload) in marked(src):
             members = self.expand(shard, payload)
             if self.skip_corrupt:
                 members = whole_samples(members)
@@ -114,6 +109,17 @@ class ArchiveExpander(Resumable[ExpandPos, tuple[str, bytes]], IterDataPipe[tupl
 
 
 _END = object()
+
+
+def marked(src: Cursor) -> Iterator[tuple[Mark, Any]]:
+    """Each item of ``src`` with the mark before it: a restart inside the item pulls it again from there."""
+    while True:
+        mark = src.mark()
+        try:
+            item = next(src)
+        except StopIteration:
+            return
+        yield mark, item
 
 
 def whole_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
