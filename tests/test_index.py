@@ -10,6 +10,7 @@ import socket
 from unittest import mock
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from shards import samples, tar_bytes
 from torch.utils.data import DataLoader
@@ -114,6 +115,31 @@ def test_equal_samples_per_rank_on_ragged_shards(ragged: str, ranks: int, worker
     assert sum(RAGGED) - len(everything) == sum(RAGGED) % ranks <= ranks - 1
     with mock.patch("s3pipes._dist.current", lambda: (0, ranks)), one_lister_per_rank():
         assert len(chain(ragged)) == per_rank[0], "len() in a rank's main process: the rank's samples"
+
+
+def test_a_pipe_between_shuffle_and_read_plans_the_same_epoch(ragged: str) -> None:
+    """shuffle_shards hands read_s3 where each URL is in the listing; with a pipe of the user's between
+    them read_s3 looks the URLs up instead. Both must cut the epoch alike."""
+    from s3pipes.pipes import _plan
+
+    s3pipes.build_index(ragged)
+    made = []
+    real = _plan.Epoch.__init__
+
+    def spy(self, listing, positions) -> None:  # noqa: ANN001
+        made.append(positions)
+        real(self, listing, positions)
+
+    def keys(between: bool) -> list[str]:
+        dp = IterableWrapper([ragged]).list_s3().shuffle_shards(seed=3)
+        dp = dp.map(str) if between else dp
+        return [s["__key__"] for s in dp.read_s3().load_tar().group_samples()]
+
+    with mock.patch.object(_plan.Epoch, "__init__", spy):
+        direct, looked_up = keys(False), keys(True)
+    assert direct == looked_up and sorted(direct) == [f"s{i:05d}" for i in range(sum(RAGGED))]
+    assert isinstance(made[0], torch.Tensor) and isinstance(made[1], list), "the tensor handed down, then a lookup"
+    assert made[0].tolist() == made[1]
 
 
 def test_ragged_shards_under_ddp_finish_with_equal_steps(ragged: str, tmp_path) -> None:  # noqa: ANN001
