@@ -17,11 +17,14 @@ from PIL import Image
 from s3pipes.decoders import BACKENDS, ImageDecoder, installed
 
 
-def photo_like(size: int) -> Image.Image:
-    """Smooth gradients with a little noise: compresses as photos do, where pure noise would not."""
+def photo_like(size: int, seed: int = 0) -> Image.Image:
+    """Smooth gradients with a little noise: compresses as photos do, where pure noise would not. ``seed``
+    shifts the gradients and draws other noise, so that the images of a dataset differ
+    (benchmarks/images.py)."""
     y, x = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([np.sin(6 * x) * 0.5 + 0.5, x * y, np.cos(4 * y) * 0.5 + 0.5], axis=2) * 220
-    rgb += np.random.default_rng(0).normal(0, 8, rgb.shape)
+    shift = 0.37 * seed
+    rgb = np.stack([np.sin(6 * x + shift) * 0.5 + 0.5, x * y, np.cos(4 * y + shift) * 0.5 + 0.5], axis=2) * 220
+    rgb += np.random.default_rng(seed).normal(0, 8, rgb.shape)
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 

@@ -6,8 +6,10 @@ Generates a dataset under benchmarks/data/ (kept between runs), starts nginx (De
 as root it is installed with apt-get if missing) on a free 127.0.0.1 port with its own config in a temp
 dir, and a user-space delay proxy in front of it for the "+RTT" workload. Each (workload, client) runs in
 its own process, bounded by a time cap, so its CPU time and peak RSS are its own; nginx's CPU time over
-the same interval shows whether the server was the bottleneck. Results: benchmarks/results/latest.json,
-latest.png, and a markdown table on stdout. Everything started here is stopped by PID at the end.
+the same interval shows whether the server was the bottleneck. The images rows (benchmarks/images.py) read
+JPEG shards through DataLoader workers, decoded by s3pipes and by webdataset, and have a table of their
+own. Results: benchmarks/results/latest.json, latest.png, and markdown tables on stdout. Everything
+started here is stopped by PID at the end.
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import images
+
 HERE = Path(__file__).resolve().parent
 BUCKET = "bench"
 KiB, MiB = 1 << 10, 1 << 20
 REGION = "us-east-1"
 PROFILES = {
     "full": {"small_n": 2000, "small": 100 * KiB, "large_n": 4, "large": 64 * MiB, "shards": 16,
-             "shard": 64 * MiB, "member": 100 * KiB, "big_tar": 1024 * MiB, "cap": 20.0},
+             "shard": 64 * MiB, "member": 100 * KiB, "big_tar": 1024 * MiB, "image_shards": 16,
+             "per_image_shard": 256, "cap": 20.0},
     "quick": {"small_n": 300, "small": 100 * KiB, "large_n": 4, "large": 16 * MiB, "shards": 4,
-              "shard": 16 * MiB, "member": 100 * KiB, "big_tar": 128 * MiB, "cap": 5.0},
+              "shard": 16 * MiB, "member": 100 * KiB, "big_tar": 128 * MiB, "image_shards": 4,
+              "per_image_shard": 128, "cap": 5.0},
 }
 CONCURRENCY = 64
 
@@ -69,6 +75,7 @@ def make_data(root: Path, p: dict[str, Any]) -> dict[str, list[str]]:
         "large": [f"large/{i}.bin" for i in range(p["large_n"])],
         "shards": [f"shards/shard-{i:03d}.tar" for i in range(p["shards"])],
         "bigtar": ["bigtar/big.tar"],
+        "images": [f"images/shard-{i:03d}.tar" for i in range(p["image_shards"])],
     }
     stamp = base / "profile.json"
     if stamp.exists() and json.loads(stamp.read_text()) == p:
@@ -86,6 +93,7 @@ def make_data(root: Path, p: dict[str, Any]) -> dict[str, list[str]]:
     for k in keys["shards"]:
         _tar(base / k, p["shard"], p["member"])
     _tar(base / keys["bigtar"][0], p["big_tar"], MiB)
+    images.write_shards(base, keys["images"], p["per_image_shard"])
     stamp.write_text(json.dumps(p))
     return keys
 
@@ -295,13 +303,30 @@ CLIENTS: dict[str, Callable[[list[str], str], Iterator[int]]] = {
     "s3pipes": c_s3pipes, "s3pipes tar": c_s3pipes_tar, "s3pipes tar streamed": partial(c_s3pipes_tar, stream=True),
     "s3pipes S3IterableDataset": c_s3pipes_dataset,
     "boto3 sequential": c_boto3_seq, "boto3 64 threads": c_boto3_threads, "s3fs cat": c_s3fs,
-    "obstore gather": c_obstore, "s3torchconnector": c_s3torchconnector,
+    "obstore gather": c_obstore, "s3torchconnector": c_s3torchconnector, **images.CLIENTS,
 }
 
 
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def _client_cpu() -> float:
+    """CPU seconds of this process and of its descendants (the DataLoader workers of the images clients,
+    webdataset's curl under them), whether running or ended and waited for, whose time is then their
+    parent's."""
+    import psutil
+
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    total = mine.ru_utime + mine.ru_stime + ended.ru_utime + ended.ru_stime
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            total += sum(proc.cpu_times()[:4])  # its own, and its ended children's
+        except psutil.Error:  # ended since listed: its time is its parent's now
+            pass
+    return total
 
 
 def one(client: str, urls: list[str], ep: str, cap: float) -> dict[str, Any]:
@@ -314,20 +339,21 @@ def one(client: str, urls: list[str], ep: str, cap: float) -> dict[str, Any]:
             __import__(module)
         except ImportError:
             pass
+    decode = images.decode_cost(client, urls, ep)  # before the read, so that nothing else runs meanwhile
     it = CLIENTS[client](urls, ep)
     base_rss = _rss_mib()
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    cpu0, t0 = _client_cpu(), time.perf_counter()
     n = nbytes = 0
     for size in it:
         n, nbytes = n + 1, nbytes + size
         if time.perf_counter() - t0 > cap:
             break
     wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    peak = r1.ru_maxrss / 1024
+    cpu = _client_cpu() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"items": n, "bytes": nbytes, "wall_s": wall, "items_per_s": n / wall, "mb_per_s": nbytes / wall / 1e6,
-            "cpu_ms_per_item": 1000 * cpu / max(n, 1), "peak_rss_mib": peak, "added_rss_mib": peak - base_rss}
+            "cpu_ms_per_item": 1000 * cpu / max(n, 1), "peak_rss_mib": peak, "added_rss_mib": peak - base_rss,
+            **decode}
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -376,6 +402,8 @@ def main() -> None:
         (f"{p['large_n']} x {p['large'] // MiB} MiB, 4 passes", "large", False, ["s3pipes", *peers]),
         ("tar shards", "shards", False, ["s3pipes tar", "s3pipes tar streamed", "s3pipes S3IterableDataset", "s3pipes"]),
         (f"{p['big_tar'] // MiB} MiB tar streamed", "bigtar", False, ["s3pipes tar streamed"]),
+        ("images, 0 ms", "images", False, list(images.CLIENTS)),
+        (f"images, +{args.rtt_ms:g} ms", "images", True, list(images.CLIENTS)),
     ]
     if args.only:
         wanted = set(args.only.split(","))
@@ -444,6 +472,10 @@ def targets(results: list[dict[str, Any]], rtt: float) -> list[tuple[str, float 
         ("tar shards: samples MB/s / raw GET MB/s", tar["mb_per_s"] / raw["mb_per_s"] if tar and raw else None,
          ">=", 0.8),
         ("tar streamed: added peak RSS (MiB)", big["added_rss_mib"] if big else None, "<", 128),
+        ("images, 0 ms: s3pipes decode / webdataset decode",
+         ratio("images, 0 ms", "s3pipes decode", "webdataset decode", "items_per_s"), ">=", 1),
+        (f"images, +{rtt:g} ms: s3pipes decode / webdataset decode",
+         ratio(f"images, +{rtt:g} ms", "s3pipes decode", "webdataset decode", "items_per_s"), ">=", 3),
     ]
 
 
@@ -459,12 +491,14 @@ def report(results: list[dict[str, Any]], p: dict[str, Any], args: argparse.Name
     lines = ["| workload | client | objects/s | MB/s | client CPU ms/object | peak RSS MiB | server CPU % |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r["data"] == "images":  # a table of their own, below
+            continue
         if "error" in r:
             lines.append(f"| {r['workload']} | {r['client']} | skipped: {r['error'][:60]} | | | | |")
         else:
             lines.append(f"| {r['workload']} | {r['client']} | {r['items_per_s']:.0f} | {r['mb_per_s']:.0f} | "
                          f"{r['cpu_ms_per_item']:.2f} | {r['peak_rss_mib']:.0f} | {r['server_cpu_pct']:.0f} |")
-    lines += ["", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    lines += [*images.table(results), "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
     for w, m, op, t in checks:
         ok = m is not None and (m >= t if op == ">=" else m <= t if op == "<=" else m < t)
         lines.append(f"| {w} | {'n/a' if m is None else f'{m:.2f}'} | {op} {t:g} | {'yes' if ok else 'no'} |")
@@ -484,8 +518,9 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.5), squeeze=False)
     for ax, w in zip(axes[0], workloads):
         rows = [r for r in results if r["workload"] == w and "error" not in r]
-        big = rows and rows[0]["data"] in ("large", "shards", "bigtar")
-        key, unit = ("mb_per_s", "MB/s") if big else ("items_per_s", "objects/s")
+        data = rows[0]["data"] if rows else ""
+        key, unit = (("mb_per_s", "MB/s") if data in ("large", "shards", "bigtar")
+                     else ("items_per_s", "images/s" if data == "images" else "objects/s"))
         ax.bar([r["client"] for r in rows], [r[key] for r in rows],
                color=["tab:blue" if r["client"].startswith("s3pipes") else "tab:gray" for r in rows])
         ax.set_title(w)

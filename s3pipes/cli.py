@@ -43,14 +43,16 @@ def demo(args: argparse.Namespace) -> None:
         print(f"local S3 endpoint: {endpoint.url}")
         print(f"writing {args.shards} shards x {args.per_shard} images to {prefix} ...", flush=True)
         d.write_dataset(prefix, args.shards, args.per_shard)
-        print("training a tiny model for one epoch, streamed through "
-              "list_s3().shuffle_shards().read_s3(stream=True).load_tar().group_samples()", flush=True)
+        print("training a tiny model for one epoch, streamed through list_s3().shuffle_shards()"
+              ".read_s3(stream=True).load_tar().group_samples().shuffle_buffer(500).decode()"
+              ".to_tuple('png', 'cls')", flush=True)
         # smoothing=0: the bar shows the average since the epoch's clock started (progress(0) resets it),
         # the rate the summary prints, not a moving average of the last few batches.
         with tqdm(total=args.shards * args.per_shard, unit=" samples", desc="epoch 1", smoothing=0) as bar:
             stats = d.train_epoch(prefix, workers=args.workers, batch_size=args.batch_size,
                                   progress=lambda n: bar.update(n) if n else bar.reset())
         print(f"demo: {stats} ({args.shards} shards, {args.workers} workers)")
+        print(f"demo batches: {stats.first_batch}")
         print(f"demo usage: {stats.usage}", flush=True)
         if args.keep:
             print(f"\nthe endpoint stays up at {endpoint.url} with the dataset under {prefix}; to use it:")

@@ -1,7 +1,8 @@
 """The demo's parts, shared by ``s3pipes demo`` and ``notebooks/explore.ipynb``: a local S3 endpoint, a
 synthetic image dataset in webdataset tar shards, and a tiny model trained on it straight from the bucket.
 
-Needs the ``demo`` extra (``pip install 's3pipes[demo]'``: moto's server and pillow).
+Needs the ``demo`` extra (``pip install 's3pipes[demo]'``: moto's server, and Pillow and numpy, which
+write the PNGs and which ``decode()`` reads them with).
 """
 
 from __future__ import annotations
@@ -115,13 +116,6 @@ def write_dataset(prefix: str = f"s3://{BUCKET}/train/", shards: int = 8, per_sh
     return urls
 
 
-def decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """A grouped sample to ``(3xHxW float tensor in [0, 1], label)``."""
-    img = _need("PIL.Image").open(io.BytesIO(sample["png"])).convert("RGB")
-    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    return pixels.view(img.height, img.width, 3).permute(2, 0, 1).float() / 255, int(sample["cls"])
-
-
 def tiny_model() -> nn.Module:
     """A small convolutional classifier for the demo's 32x32 images."""
     return nn.Sequential(
@@ -132,9 +126,12 @@ def tiny_model() -> nn.Module:
 
 
 def pipeline(prefix: str, config: S3Config | None = None) -> IterDataPipe[tuple[torch.Tensor, int]]:
-    """The README's chain over the shards under ``prefix``, ending in decoded ``(image, label)`` pairs."""
+    """The README's chain over the shards under ``prefix``, ending in ``(image, label)`` pairs: a uint8
+    tensor (3, H, W) and an int, which a DataLoader with a ``batch_size`` stacks into two tensors."""
+    # Shuffled before decoding, so that the buffer holds compressed PNGs rather than pixels.
     return (IterableWrapper([prefix]).list_s3(masks="*.tar", config=config).shuffle_shards()
-            .read_s3(stream=True, config=config).load_tar().group_samples().shuffle_buffer(500).map(decode))
+            .read_s3(stream=True, config=config).load_tar().group_samples().shuffle_buffer(500)
+            .decode().to_tuple("png", "cls"))
 
 
 @dataclass
@@ -145,6 +142,7 @@ class EpochStats:
     first_loss: float
     last_loss: float
     usage: Usage  # the epoch's S3 requests, summed over the workers
+    first_batch: str  # what the loader yielded, e.g. "images (64, 3, 32, 32) uint8, labels (64,) int64"
 
     # One rate, one meaning: samples over the epoch's wall clock, from asking for the first batch (so
     # worker start-up counts) to the last optimizer step; the CLI's progress bar averages over the same span.
@@ -166,11 +164,15 @@ def train_epoch(prefix: str, workers: int = 2, batch_size: int = 64, config: S3C
     loader = DataLoader(pipeline(prefix, config), batch_size=batch_size, num_workers=workers)
     losses: list[float] = []
     samples = 0
+    first_batch = "no batch"
     if progress is not None:
         progress(0)
     start = time.perf_counter()
     for images, labels in loader:
-        loss = nn.functional.cross_entropy(model(images), labels)
+        if not losses:
+            first_batch = f"images {_shape(images)}, labels {_shape(labels)}"
+        # The workers hand over uint8 pixels, a quarter of the bytes of floats; the model takes [0, 1].
+        loss = nn.functional.cross_entropy(model(images.float() / 255), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -181,4 +183,8 @@ def train_epoch(prefix: str, workers: int = 2, batch_size: int = 64, config: S3C
     seconds = time.perf_counter() - start
     tail = losses[-5:] or [float("nan")]
     return EpochStats(samples, nbytes, seconds, losses[0] if losses else float("nan"), sum(tail) / len(tail),
-                      usage(loader))
+                      usage(loader), first_batch)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"

@@ -33,6 +33,8 @@ def test_demo_trains_and_prints_its_throughput() -> None:
     assert proc.returncode == 0, err
     m = THROUGHPUT.search(out)
     assert m and int(m.group(1)) == 120, out
+    # decode().to_tuple() end the chain at tensors, which the DataLoader stacks into batches of 64.
+    assert "demo batches: images (64, 3, 32, 32) uint8, labels (64,) int64" in out, out
     assert re.search(r"demo usage: LIST \d+ · HEAD 3 · GET \d+ · PUT 0 · [\d.]+ [KM]B in · 0 B out", out), out
     assert "epoch 1" in err and "120/120" in err, "a tqdm progress bar on stderr"
     # One rate, one meaning: the bar's final rate is the summary's (it showed 1,044 img/s against 2,451).

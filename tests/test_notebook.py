@@ -38,6 +38,8 @@ def test_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "local S3 endpoint: http://127.0.0.1:" in text and "16 objects" in text and "80 members" in text
+    # It ends at tensors: decode().to_tuple() through a DataLoader that batches.
+    assert "images (32, 3, 32, 32) torch.uint8 labels (32,) torch.int64" in text, text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2, "the image grid and the throughput plot"
     # The plot must show what its text says: it was flat (49-57 MB/s for 1-16 in flight) on the local
