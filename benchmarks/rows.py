@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import BUCKET, MiB, REGION, _rss_mib, start_nginx  # beside this file
+from peers import BUCKET, REGION, MiB  # beside this file
+from run import _rss_mib, start_nginx
 
 HERE = Path(__file__).resolve().parent
 PROFILES = {

@@ -9,7 +9,8 @@ its own process, bounded by a time cap, so its CPU time and peak RSS are its own
 the same interval shows whether the server was the bottleneck. The images rows (benchmarks/images.py) read
 JPEG shards through DataLoader workers, decoded by s3pipes and by webdataset, and have a table of their
 own. Results: benchmarks/results/latest.json, latest.png, and markdown tables on stdout. Everything
-started here is stopped by PID at the end.
+started here is stopped by PID at the end. The clients are in benchmarks/peers.py, the tables and the
+chart in benchmarks/report.py; this file makes the data, serves it, and runs and measures each client.
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ import sys
 import tarfile
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import images
+from peers import BUCKET, CLIENTS, REGION, KiB, MiB
+from report import _line, report
 
 HERE = Path(__file__).resolve().parent
-BUCKET = "bench"
-KiB, MiB = 1 << 10, 1 << 20
-REGION = "us-east-1"
 PROFILES = {
     "full": {"small_n": 2000, "small": 100 * KiB, "large_n": 4, "large": 64 * MiB, "shards": 16,
              "shard": 64 * MiB, "member": 100 * KiB, "big_tar": 1024 * MiB, "image_shards": 16,
@@ -43,7 +42,6 @@ PROFILES = {
               "shard": 16 * MiB, "member": 100 * KiB, "big_tar": 128 * MiB, "image_shards": 4,
               "per_image_shard": 128, "cap": 5.0},
 }
-CONCURRENCY = 64
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -188,123 +186,6 @@ def _tree_cpu(pid: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ clients
-# Each returns an iterator of byte counts, one per object or sample, so the caller can stop at the cap.
-
-
-def c_s3pipes(urls: list[str], ep: str) -> Iterator[int]:
-    from torch.utils.data.datapipes.iter import IterableWrapper
-
-    import s3pipes
-
-    cfg = s3pipes.S3Config(endpoint_url=ep, region=REGION, max_concurrency=CONCURRENCY)
-    for _, data in IterableWrapper(urls).read_s3(config=cfg):
-        yield len(data)
-
-
-def c_s3pipes_tar(urls: list[str], ep: str, stream: bool = False) -> Iterator[int]:
-    from torch.utils.data.datapipes.iter import IterableWrapper
-
-    import s3pipes
-
-    cfg = s3pipes.S3Config(endpoint_url=ep, region=REGION, max_concurrency=CONCURRENCY)
-    for _, data in IterableWrapper(urls).read_s3(stream=stream, config=cfg).load_tar():
-        yield len(data)
-
-
-def c_s3pipes_dataset(urls: list[str], ep: str) -> Iterator[int]:
-    import s3pipes
-
-    os.environ["S3_ENDPOINT_URL"] = ep
-    for _, data in s3pipes.S3IterableDataset(urls):
-        yield len(data)
-
-
-def _boto(ep: str) -> Any:
-    import boto3
-    import botocore.config
-
-    cfg = botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=CONCURRENCY + 4)
-    return boto3.client("s3", endpoint_url=ep, region_name=REGION, config=cfg)
-
-
-def c_boto3_seq(urls: list[str], ep: str) -> Iterator[int]:
-    s3 = _boto(ep)
-    for u in urls:
-        b, _, k = u[5:].partition("/")
-        yield len(s3.get_object(Bucket=b, Key=k)["Body"].read())
-
-
-def c_boto3_threads(urls: list[str], ep: str) -> Iterator[int]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    s3 = _boto(ep)
-
-    def get(u: str) -> int:
-        b, _, k = u[5:].partition("/")
-        return len(s3.get_object(Bucket=b, Key=k)["Body"].read())
-
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        yield from pool.map(get, urls)
-
-
-def c_s3fs(urls: list[str], ep: str) -> Iterator[int]:
-    import s3fs
-
-    fs = s3fs.S3FileSystem(key="bench", secret="bench", client_kwargs={"endpoint_url": ep, "region_name": REGION},
-                           config_kwargs={"s3": {"addressing_style": "path"}})
-    for i in range(0, len(urls), CONCURRENCY):
-        for data in fs.cat([u[5:] for u in urls[i : i + CONCURRENCY]]).values():
-            yield len(data)
-
-
-def c_obstore(urls: list[str], ep: str) -> Iterator[int]:
-    import asyncio
-
-    import obstore
-    from obstore.store import S3Store
-
-    store = S3Store(BUCKET, endpoint=ep, region=REGION, virtual_hosted_style_request=False,  # signed, as ours
-                    client_options={"allow_http": True}, access_key_id="bench", secret_access_key="bench")
-    part = 8 * MiB
-
-    async def one(key: str, gate: asyncio.Semaphore) -> int:
-        async with gate:
-            res = await obstore.get_async(store, key, options={"range": (0, part)})
-            size = res.meta["size"]
-            first = await res.bytes_async()
-        if size <= part:
-            return len(first)
-
-        async def rng(s: int) -> int:
-            async with gate:
-                return len(await obstore.get_range_async(store, key, start=s, end=min(s + part, size)))
-
-        return len(first) + sum(await asyncio.gather(*(rng(s) for s in range(part, size, part))))
-
-    async def batch(keys: list[str]) -> list[int]:
-        gate = asyncio.Semaphore(CONCURRENCY)
-        return await asyncio.gather(*(one(k, gate) for k in keys))
-
-    keys = [u[5:].partition("/")[2] for u in urls]
-    for i in range(0, len(keys), 4 * CONCURRENCY):  # batches, so the time cap can stop it
-        yield from asyncio.run(batch(keys[i : i + 4 * CONCURRENCY]))
-
-
-def c_s3torchconnector(urls: list[str], ep: str) -> Iterator[int]:
-    from s3torchconnector import S3ClientConfig, S3IterableDataset
-
-    ds = S3IterableDataset.from_objects(urls, region=REGION, endpoint=ep,
-                                        s3client_config=S3ClientConfig(force_path_style=True))
-    for obj in ds:
-        yield len(obj.read())
-
-
-CLIENTS: dict[str, Callable[[list[str], str], Iterator[int]]] = {
-    "s3pipes": c_s3pipes, "s3pipes tar": c_s3pipes_tar, "s3pipes tar streamed": partial(c_s3pipes_tar, stream=True),
-    "s3pipes S3IterableDataset": c_s3pipes_dataset,
-    "boto3 sequential": c_boto3_seq, "boto3 64 threads": c_boto3_threads, "s3fs cat": c_s3fs,
-    "obstore gather": c_obstore, "s3torchconnector": c_s3torchconnector, **images.CLIENTS,
-}
 
 
 def _rss_mib() -> float:
@@ -434,100 +315,6 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     report(results, p, args)
-
-
-def _line(r: dict[str, Any]) -> str:
-    if "error" in r:
-        return f"{r['workload']:>22} | {r['client']:<26} | skipped: {r['error']}"
-    return (f"{r['workload']:>22} | {r['client']:<26} | {r['items_per_s']:9.1f} items/s | {r['mb_per_s']:8.1f} MB/s"
-            f" | {r['cpu_ms_per_item']:6.2f} ms CPU/item | peak RSS {r['peak_rss_mib']:6.0f} MiB"
-            f" | server CPU {r['server_cpu_pct']:4.0f}%")
-
-
-def _get(results: list[dict[str, Any]], workload: str, client: str) -> dict[str, Any] | None:
-    return next((r for r in results if r["workload"] == workload and r["client"] == client and "error" not in r), None)
-
-
-def targets(results: list[dict[str, Any]], rtt: float) -> list[tuple[str, float | None, str, float]]:
-    """(what, measured, op, target) for each target of issue 5."""
-    slow = f"small, +{rtt:g} ms"
-
-    def ratio(workload: str, a: str, b: str, key: str) -> float | None:
-        ra, rb = _get(results, workload, a), _get(results, workload, b)
-        return ra[key] / rb[key] if ra and rb and rb[key] else None
-
-    ours = _get(results, "small, 0 ms", "s3pipes")
-    large = next((r["workload"] for r in results if r["data"] == "large"), "")
-    tar, raw = _get(results, "tar shards", "s3pipes tar"), _get(results, "tar shards", "s3pipes")
-    big = next((r for r in results if r["data"] == "bigtar" and "error" not in r), None)
-    return [
-        (f"{slow}: s3pipes / s3torchconnector", ratio(slow, "s3pipes", "s3torchconnector", "items_per_s"), ">=", 25),
-        (f"{slow}: s3pipes / boto3 64 threads", ratio(slow, "s3pipes", "boto3 64 threads", "items_per_s"), ">=", 2),
-        (f"{slow}: s3pipes / obstore gather", ratio(slow, "s3pipes", "obstore gather", "items_per_s"), ">=", 0.9),
-        ("small, 0 ms: s3pipes / s3torchconnector", ratio("small, 0 ms", "s3pipes", "s3torchconnector", "items_per_s"),
-         ">=", 2.5),
-        ("small, 0 ms: s3pipes client CPU ms/object", ours["cpu_ms_per_item"] if ours else None, "<=", 0.35),
-        ("large: s3pipes / s3torchconnector (MB/s)", ratio(large, "s3pipes", "s3torchconnector", "mb_per_s"), ">=", 3),
-        ("large: s3pipes / boto3 sequential (MB/s)", ratio(large, "s3pipes", "boto3 sequential", "mb_per_s"), ">=", 1),
-        ("tar shards: samples MB/s / raw GET MB/s", tar["mb_per_s"] / raw["mb_per_s"] if tar and raw else None,
-         ">=", 0.8),
-        ("tar streamed: added peak RSS (MiB)", big["added_rss_mib"] if big else None, "<", 128),
-        ("images, 0 ms: s3pipes decode / webdataset decode",
-         ratio("images, 0 ms", "s3pipes decode", "webdataset decode", "items_per_s"), ">=", 1),
-        (f"images, +{rtt:g} ms: s3pipes decode / webdataset decode",
-         ratio(f"images, +{rtt:g} ms", "s3pipes decode", "webdataset decode", "items_per_s"), ">=", 3),
-    ]
-
-
-def report(results: list[dict[str, Any]], p: dict[str, Any], args: argparse.Namespace) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "quick" if args.quick else "latest"
-    checks = targets(results, args.rtt_ms)
-    meta = {"profile": p, "rtt_ms": args.rtt_ms, "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    (args.out / f"{name}.json").write_text(json.dumps(
-        {"meta": meta, "results": results,
-         "targets": [{"what": w, "measured": m, "op": op, "target": t} for w, m, op, t in checks]}, indent=1))
-    lines = ["| workload | client | objects/s | MB/s | client CPU ms/object | peak RSS MiB | server CPU % |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if r["data"] == "images":  # a table of their own, below
-            continue
-        if "error" in r:
-            lines.append(f"| {r['workload']} | {r['client']} | skipped: {r['error'][:60]} | | | | |")
-        else:
-            lines.append(f"| {r['workload']} | {r['client']} | {r['items_per_s']:.0f} | {r['mb_per_s']:.0f} | "
-                         f"{r['cpu_ms_per_item']:.2f} | {r['peak_rss_mib']:.0f} | {r['server_cpu_pct']:.0f} |")
-    lines += [*images.table(results), "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
-    for w, m, op, t in checks:
-        ok = m is not None and (m >= t if op == ">=" else m <= t if op == "<=" else m < t)
-        lines.append(f"| {w} | {'n/a' if m is None else f'{m:.2f}'} | {op} {t:g} | {'yes' if ok else 'no'} |")
-    table = "\n".join(lines)
-    (args.out / f"{name}.md").write_text(f"{meta['when']}, {meta['cpus']} cores, Python {meta['python']}\n\n{table}\n")
-    print("\n" + table)
-    chart(results, args.out / f"{name}.png")
-
-
-def chart(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workloads = list(dict.fromkeys(r["workload"] for r in results))
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.5), squeeze=False)
-    for ax, w in zip(axes[0], workloads):
-        rows = [r for r in results if r["workload"] == w and "error" not in r]
-        data = rows[0]["data"] if rows else ""
-        key, unit = (("mb_per_s", "MB/s") if data in ("large", "shards", "bigtar")
-                     else ("items_per_s", "images/s" if data == "images" else "objects/s"))
-        ax.bar([r["client"] for r in rows], [r[key] for r in rows],
-               color=["tab:blue" if r["client"].startswith("s3pipes") else "tab:gray" for r in rows])
-        ax.set_title(w)
-        ax.set_ylabel(unit)
-        ax.tick_params(axis="x", rotation=60, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
