@@ -312,3 +312,26 @@ def test_workers_forked_after_obstore_read_warn_once_per_process_tree(bucket: st
     lines = [line for line in out.stderr.splitlines() if "tokio" in line]
     assert len(lines) == 1, out.stderr
     assert "read S3 with boto3" in lines[0] and "multiprocessing_context='spawn' or 'forkserver'" in lines[0]
+
+
+def test_workers_forked_after_the_users_own_obstore_read_do_not_hang(bucket: str, put, endpoint: str) -> None:  # noqa: ANN001
+    """obstore used directly (not through s3pipes) starts the same runtime: forked workers that then read
+    with it hung for good. They must see it and read with boto3."""
+    urls = [put(f"s3://{bucket}/rawfork/{i}.bin", bytes([i]) * 10) for i in range(4)]
+    code = f"""if True:
+        import logging, obstore
+        from obstore.store import S3Store
+        from torch.utils.data import DataLoader
+        from torch.utils.data.datapipes.iter import IterableWrapper
+        import s3pipes
+        logging.basicConfig(level=logging.WARNING)
+        store = S3Store({bucket!r}, endpoint={endpoint!r}, config={{"aws_allow_http": "true", "region": "us-east-1"}})
+        assert bytes(obstore.get(store, "rawfork/0.bin").bytes()) == bytes(10)  # the user's own read
+        loader = DataLoader(IterableWrapper({urls!r}).read_s3(), batch_size=None, num_workers=2,
+                            multiprocessing_context="fork")
+        assert sorted(u for u, _ in loader) == sorted({urls!r})
+    """
+    env = {**os.environ, "S3PIPES_ENGINE": "obstore"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "read S3 with boto3" in out.stderr, out.stderr

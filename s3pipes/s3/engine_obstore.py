@@ -65,18 +65,43 @@ def representable(key: str) -> bool:
     return bool(key) and all(seg not in ("", ".", "..") for seg in key.split("/"))
 
 
-# tokio's runtime does not survive fork: its threads stay in the parent, and a child that uses it fails.
+# tokio's runtime does not survive fork: its threads stay in the parent, and a child that uses it fails
+# (it hangs for good; the parent, sharing the runtime's epoll with it, was seen to crash with SIGSEGV).
 # A child forked after obstore did any I/O must leave it alone (the client falls back to boto3 there).
+# "Any I/O" includes the user's own obstore calls, or another library's: they start the same runtime.
 used = False
 forked_after_use = False
+_runtime_at_fork = False
+
+
+def runtime_started() -> bool:
+    """Whether obstore's runtime has threads in this process: named ``tokio-rt-worker``, they appear at
+    its first request, whoever sends it. Without ``/proc`` (macOS), only s3pipes's own requests count."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return used
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("tokio"):
+                    return True
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return used
+
+
+def _before_fork() -> None:
+    global _runtime_at_fork
+    _runtime_at_fork = used or runtime_started()
 
 
 def _after_fork() -> None:
     global forked_after_use
-    forked_after_use = forked_after_use or used
+    forked_after_use = forked_after_use or _runtime_at_fork
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 
 
 class _Response:

@@ -84,7 +84,7 @@ _warned_fork: list[bool] = []
 
 
 def _before_fork() -> None:
-    if engine_obstore is not None and engine_obstore.used and not _warned_fork:
+    if engine_obstore is not None and not _warned_fork and engine_obstore.runtime_started():
         _warned_fork.append(True)
         log.warning("pid %d forks after obstore read here, and tokio cannot follow a fork: the forked "
                     "processes (DataLoader workers) read S3 with boto3. To keep obstore, start the "
