@@ -144,7 +144,10 @@ def test_jsonl_streams_a_large_object_in_bounded_memory(bucket: str, put: Callab
     (size, stream), = DataLoader(_Footprint(streams, drain=True), batch_size=None, num_workers=1)
     (count, growth), = DataLoader(_Footprint(streams.load_jsonl(), drain=False), batch_size=None, num_workers=1)
     assert (size, count) == (len(body), n)
-    assert growth < stream + (16 << 20), (f"{growth / 2**20:.1f} MiB added reading {len(data) / 2**20:.0f} MiB of "
+    # The stream holds at most three parts (12 MiB). A forked worker's allocator may place them in memory
+    # it already had (the stream alone then measures near 0), so the stream's own figure is not the floor;
+    # either bound stays far below the 64 MiB a whole read would add.
+    assert growth < max(stream, 3 * (4 << 20)) + (16 << 20), (f"{growth / 2**20:.1f} MiB added reading {len(data) / 2**20:.0f} MiB of "
                                          f"lines, {stream / 2**20:.1f} MiB reading the stream alone")
 
 
