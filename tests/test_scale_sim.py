@@ -69,3 +69,13 @@ def test_index_loads_what_it_dumps() -> None:
               Shard("s3://b/p/b.tar", 2048, None, "tar", 1, 1, (("s0.png", 0, 512, 3),)))
     index = Index.loads(Index.of("s3://b/p/", shards).dumps(), "s3://b/p/")
     assert tuple(index) == shards and index[-1] == shards[-1] and len(index) == 2
+
+
+def test_a_cut_or_damaged_index_says_to_rebuild() -> None:
+    from s3pipes.index import Index, Shard
+
+    shards = (Shard("s3://b/p/a.tar", 2048, None, "tar", 1, 1, (("s0.png", 0, 512, 3),)),)
+    data = Index.of("s3://b/p/", shards).dumps()
+    for bad in (data[:-5], data[: len(data) // 3], b"not gzip at all"):
+        with pytest.raises(ValueError, match=r"rebuild it with `s3pipes index s3://b/p/`"):
+            Index.loads(bad, "s3://b/p/")[0]

@@ -141,7 +141,10 @@ class Index(Sequence[Shard]):
         if kind not in ("tar", "tar.gz"):  # zips and plain objects have none: nothing to unzip for them
             return None, None
         if isinstance(self._details, bytes):
-            lines = gzip.decompress(self._details).decode().split("\n")
+            try:
+                lines = gzip.decompress(self._details).decode().split("\n")
+            except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+                lines = []  # cut short or damaged: the same error as a wrong count
             if len(lines) != self._n + 1 or lines[-1]:
                 raise ValueError(f"{self.url}: holds members of {len(lines) - 1} shards, not {self._n} (cut "
                                  f"short?); rebuild it with `s3pipes index {self.prefix}`")
@@ -173,7 +176,11 @@ class Index(Sequence[Shard]):
         """Read the bytes of the index of ``prefix`` (shard URLs are made under ``prefix`` as given,
         so an index read through another spelling of the prefix names shards as the reader does)."""
         unzip = zlib.decompressobj(wbits=31)  # gzip: the first member only, the rest when first needed
-        lines = unzip.decompress(data).decode().split("\n")
+        try:
+            lines = unzip.decompress(data).decode().split("\n")
+        except (zlib.error, UnicodeDecodeError) as e:
+            raise ValueError(f"{index_url(prefix)}: not a gzip'd s3pipes index ({e}); rebuild it with "
+                             f"`s3pipes index {prefix}`") from e
         try:
             meta = json.loads(lines[0])
         except ValueError:
@@ -182,7 +189,8 @@ class Index(Sequence[Shard]):
             raise ValueError(f"{index_url(prefix)}: not an s3pipes index of version {VERSION} "
                              f"(header {lines[0][:100]!r}); rebuild it with `s3pipes index {prefix}`")
         n = meta.get("shards")
-        if not isinstance(n, int) or len(lines) != len(COLUMNS) + 2 or lines[-1] or not unzip.eof:
+        if (not isinstance(n, int) or len(lines) != len(COLUMNS) + 2 or lines[-1] or not unzip.eof
+                or not unzip.unused_data):  # the members' gzip member: cut off if missing
             raise ValueError(f"{index_url(prefix)}: cut short or not as written; rebuild it with "
                              f"`s3pipes index {prefix}`")
         return cls(prefix, n, dict(zip(COLUMNS, lines[1:-1])), unzip.unused_data)
