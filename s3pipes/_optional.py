@@ -11,4 +11,5 @@ def need(module: str, purpose: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{purpose} needs {module.split('.')[0]}: pip install 's3pipes[{extra}]'") from None
+        raise ImportError(f"{purpose} needs the {module.split('.')[0]} package, which is not installed: "
+                          f"pip install 's3pipes[{extra}]'") from None

@@ -151,11 +151,11 @@ def test_faster_backends_give_pillows_pixels(backend: str, jpeg: str, png: str) 
 
 def test_a_missing_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "simplejpeg", None)  # what an uninstalled module looks like to import
-    with pytest.raises(ImportError, match=r"image_backend='simplejpeg' needs simplejpeg: pip install 's3pipes\[fast"):
+    with pytest.raises(ImportError, match=r"image_backend='simplejpeg' needs the simplejpeg package, which is not installed: pip install 's3pipes\[fast"):
         IterableWrapper([]).decode(image_backend="simplejpeg")
     monkeypatch.setitem(sys.modules, "numpy", None)
     dp = IterableWrapper([{"__key__": "s0", "png": encoded(pixels(0), "PNG")}]).decode(skip_corrupt=True)
-    with pytest.raises(ImportError, match=r"decoding images and .npy needs numpy: pip install 's3pipes\[images\]'"):
+    with pytest.raises(ImportError, match=r"decoding images and .npy needs the numpy package, which is not installed: pip install 's3pipes\[images\]'"):
         list(dp)
     assert dp.skipped == 0, "a missing package is no corrupt member: nothing is skipped"
     with pytest.raises(ValueError, match="unknown image spec 'rgb16'"):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from types import ModuleType
 from typing import Any, BinaryIO, Iterator, TypedDict, TypeVar
 
 from torch.utils.data import IterDataPipe
@@ -87,13 +85,3 @@ def ahead(items: Iterator[T]) -> Iterator[tuple[T, bool]]:
             raise
         yield current, following is _END  # type: ignore[misc]
         current = following
-
-
-def optional(module: str, needed_by: str, extra: str) -> ModuleType:
-    """``module``, imported; missing, an ImportError that says what needs it and how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        package = module.partition(".")[0]
-        raise ImportError(f"{needed_by} needs the {package} package, which is not installed: "
-                          f"pip install 's3pipes[{extra}]'") from e

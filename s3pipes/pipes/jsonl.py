@@ -16,7 +16,8 @@ from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ..errors import CorruptDataError, ObjectChangedError
 from ._payload import Payload
-from ._rows import At, RowLoader, optional
+from .._optional import need
+from ._rows import At, RowLoader
 
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"  # magic bytes; JSON text can start with neither
 # Compressed bytes decompressed at a time: what is held is at most this times the compression ratio,
@@ -78,7 +79,7 @@ def _text(url: str, f: BinaryIO) -> tuple[BinaryIO, bool]:
     if head.startswith(_GZIP):
         return gzip.GzipFile(fileobj=f), False  # type: ignore[return-value]
     if head.startswith(_ZSTD):
-        zstd = optional("zstandard", f"{url}: zstandard-compressed JSON lines", "zstd")
+        zstd = need("zstandard", f"{url}: zstandard-compressed JSON lines", "zstd")
         return io.BufferedReader(_Zstd(f, zstd)), False  # type: ignore[return-value]
     return f, True
 

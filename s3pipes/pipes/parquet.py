@@ -11,14 +11,15 @@ from torch.utils.data.datapipes._decorator import functional_datapipe
 
 from ..errors import CorruptDataError
 from ._payload import Payload
-from ._rows import At, RowLoader, optional
+from .._optional import need
+from ._rows import At, RowLoader
 
 _ROWS_AT_ONCE = 1024  # rows decoded and turned into dicts at a time when yielding rows
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
     """pyarrow and pyarrow.parquet, or an ImportError that says how to install them."""
-    return optional("pyarrow", "load_parquet", "parquet"), optional("pyarrow.parquet", "load_parquet", "parquet")
+    return need("pyarrow", "load_parquet", "parquet"), need("pyarrow.parquet", "load_parquet", "parquet")
 
 
 class _Ranges(io.RawIOBase):
