@@ -142,15 +142,17 @@ class Listing:
     def __init__(self) -> None:
         self.urls: list[str] = []
         self._runs: list[tuple[int, Index, list[int] | None]] = []  # (first position, index, rows kept or None: all)
+        self._firsts: list[int] = []  # each run's first position, for bisect
         self._unindexed = 0  # URLs with no index entry
         self._where: dict[str, int] | None = None  # URL -> position, made when first needed
         self._columns: dict[str, list[Any]] = {}
         self._samples: torch.Tensor | None = None
+        self._kinds: set[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # What is made from the rest is made again where needed: a worker started by spawn gets less to
         # unpickle, and no tensor in shared memory (which is how torch pickles tensors to workers).
-        return {**self.__dict__, "_where": None, "_samples": None, "_columns": {}}
+        return {**self.__dict__, "_where": None, "_samples": None, "_columns": {}, "_kinds": None}
 
     def add(self, urls: list[str]) -> None:
         self.urls += urls
@@ -158,6 +160,7 @@ class Listing:
 
     def add_index(self, index: Index, urls: list[str], rows: list[int] | None) -> None:
         self._runs.append((len(self.urls), index, rows))
+        self._firsts.append(len(self.urls))
         self.urls += urls
 
     @property
@@ -167,7 +170,9 @@ class Listing:
 
     def kinds(self) -> set[str]:
         """The kinds of shard listed, if every URL has an index entry, else an empty set."""
-        return set(self.column("kind")) if self.urls and not self._unindexed else set()
+        if self._kinds is None:
+            self._kinds = set(self.column("kind")) if self.urls and not self._unindexed else set()
+        return self._kinds
 
     def column(self, name: str) -> list[Any]:
         """An index column (see :class:`~s3pipes.index.Index`) with an entry per URL, in the order of
@@ -195,7 +200,7 @@ class Listing:
 
     def shard(self, position: int) -> Shard:
         """The index entry of the URL at ``position``."""
-        first, index, rows = self._runs[bisect_right([r[0] for r in self._runs], position) - 1]
+        first, index, rows = self._runs[bisect_right(self._firsts, position) - 1]
         return index[position - first if rows is None else rows[position - first]]
 
     def shards(self) -> list[Shard]:

@@ -200,7 +200,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         """How many samples (``what="samples"``) or archive members (``"members"``) this reader's share
         of an epoch holds, from the index; ``TypeError`` where that is not known before the epoch."""
         listing = self._listing()
-        epoch = Epoch.of(listing, listing.urls) if listing is not None else None
+        epoch = Epoch.of(listing, listing.urls, range(len(listing.urls))) if listing is not None else None
         if epoch is None:
             raise TypeError(f"the number of {what} is known beforehand only with an index of the prefix "
                             f"(`s3pipes index PREFIX`) covering every shard read, tar or plain objects")
@@ -275,7 +275,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     def __len__(self) -> int:
         listing = self._listing()
-        if listing is not None and Epoch.of(listing, listing.urls) is not None:
+        if listing is not None and Epoch.of(listing, listing.urls, range(len(listing.urls))) is not None:
             if self._split()[:2] != (1, 1):
                 raise TypeError("with an index, read_s3 splits shards by samples, and how many parts a reader "
                                 "reads depends on the epoch's shard order; len() of load_tar() or "
