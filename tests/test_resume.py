@@ -135,3 +135,20 @@ def test_worker_that_ran_out_and_a_second_checkpoint_right_after_resume(bucket: 
         again.load_state_dict(state)
         got = collections.Counter(k.split(".")[0] for k in before + [key(x) for x in again])
         assert got == (want if kind == "pipes" else want + want), f"stop {stop}"
+
+
+def test_a_shard_order_saved_by_an_earlier_version_is_refused() -> None:
+    """Before torch.randperm, the same (seed, epoch) put the shards in another order: resuming such a
+    state would repeat and skip shards, so it is an error, not a quiet reshuffle."""
+    dp = IterableWrapper([f"s3://b/shard-{i}.tar" for i in range(5)]).shuffle_shards(seed=0)
+    it = iter(dp)
+    next(it)
+    state = dp.state_dict()
+    assert state["pos"]["shuffle"] == "randperm"
+    again = IterableWrapper([f"s3://b/shard-{i}.tar" for i in range(5)]).shuffle_shards(seed=0)
+    again.load_state_dict(state)
+    assert len(list(again)) == 4
+    older = IterableWrapper([f"s3://b/shard-{i}.tar" for i in range(5)]).shuffle_shards(seed=0)
+    older.load_state_dict({**state, "pos": {k: v for k, v in state["pos"].items() if k != "shuffle"}})
+    with pytest.raises(ValueError, match="saved by an earlier s3pipes"):
+        list(older)

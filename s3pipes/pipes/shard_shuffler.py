@@ -18,6 +18,10 @@ T = TypeVar("T")
 class ShardOrder(Order):
     source: Mark | None  # the source's start: it is read whole, and again on resume
     yielded: int  # items of the epoch's order yielded so far
+    shuffle: str  # how (seed, epoch) became the order: a state saved under another way must not resume
+
+
+_SHUFFLE = "randperm"  # torch.randperm; before it, random.shuffle (a state without "shuffle")
 
 
 @functional_datapipe("shuffle_shards")
@@ -46,9 +50,13 @@ class ShardShuffler(Listed, Seeded[ShardOrder, T], IterDataPipe[T]):
         self.source_datapipe = source_datapipe
 
     def _begin(self) -> ShardOrder:
-        return {**self._order(), "source": None, "yielded": 0}
+        return {**self._order(), "source": None, "yielded": 0, "shuffle": _SHUFFLE}
 
     def _run(self, start: ShardOrder, src: Cursor) -> Iterator[T]:
+        if self.enabled and start.get("shuffle") != _SHUFFLE:
+            raise ValueError("shuffle_shards: this checkpoint was saved by an earlier s3pipes, which put the shards "
+                             "in another order for the same seed; resuming it would repeat and skip shards. Resume "
+                             "from a checkpoint saved by this version, or start the epoch again")
         items = src.rest()
         known = src.positions()
         if self.enabled:
