@@ -12,7 +12,8 @@ torchdata.nodes does with ``reset(state)``, ``next`` and ``get_state``):
   before its first item (with persistent workers, as every epoch starts), and that snapshot must
   already describe the new epoch.
 - ``_run`` replaces ``self._pos`` with its position after each item it yields (replaced, never changed
-  in place, so a state handed out stays as it was). After the epoch's last item the position is
+  in place, so a state handed out stays as it was); a pipe whose epoch is a list leaves ``_pos`` at the
+  run's start and counts with :class:`Counted` instead, which builds the position when asked. After the epoch's last item the position is
   ended (:func:`ended`): loaded, it yields nothing (a worker that ran out before the others must not
   replay its share) but restores its sources, whose epochs go on; the iteration after it begins the
   next epoch.

@@ -75,8 +75,9 @@ _runtime_at_fork = False
 
 
 def runtime_started() -> bool:
-    """Whether obstore's runtime has threads in this process: named ``tokio-rt-worker``, they appear at
-    its first request, whoever sends it. Without ``/proc`` (macOS), only s3pipes's own requests count."""
+    """Whether obstore's runtime has threads in this process: named ``tokio-rt-worker`` (another tokio
+    runtime's default is ``tokio-runtime-worker``), they appear at its first request, whoever sends it.
+    Without ``/proc`` (macOS), only s3pipes's own requests count."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
@@ -84,7 +85,7 @@ def runtime_started() -> bool:
     for tid in tasks:
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().startswith("tokio"):
+                if f.read().startswith("tokio-rt-worker"):
                     return True
         except OSError:  # a thread that ended meanwhile
             continue
