@@ -133,8 +133,10 @@ class S3IterableDataset(Resumable[IterPos, tuple[str, bytes]], IterableDataset[t
         the number of members this rank yields (ranks then get equal samples); without one an archive
         object raises ``TypeError``: its members, the items it yields, are not known without reading it."""
         listing = self._lister.listing(per_rank=True)
-        if Epoch.of(listing, listing.urls, range(len(listing.urls))) is not None and all(
-                s.kind != "tar.gz" and not any(re.match(_META, m[0]) for m in s.offsets or ()) for s in listing.shards()):
+        if getattr(self, "_indexed_members", None) is None:  # the listing is taken once: so is this, over every shard
+            self._indexed_members = Epoch.of(listing, listing.urls, range(len(listing.urls))) is not None and all(
+                s.kind != "tar.gz" and not any(re.match(_META, m[0]) for m in s.offsets or ()) for s in listing.shards())
+        if self._indexed_members:
             return S3Reader(self._lister, shard=self.shard, even_ranks=self.even_ranks).planned("members")
         if getattr(self, "_objects", None) is None:
             self._objects = _count_objects(listing.urls)
