@@ -280,8 +280,10 @@ def main() -> None:
     workloads = [
         ("small, 0 ms", "small", False, ["s3pipes", *peers]),
         (f"small, +{args.rtt_ms:g} ms", "small", True, ["s3pipes", *peers]),
-        (f"{p['large_n']} x {p['large'] // MiB} MiB, 4 passes", "large", False, ["s3pipes", *peers]),
-        ("tar shards", "shards", False, ["s3pipes tar", "s3pipes tar streamed", "s3pipes S3IterableDataset", "s3pipes"]),
+        (f"{p['large_n']} x {p['large'] // MiB} MiB, 4 passes", "large", False,
+         ["s3pipes", *peers, "obstore gather joined"]),
+        ("tar shards", "shards", False,
+         ["s3pipes tar", "s3pipes tar streamed", "s3pipes S3IterableDataset", "s3pipes", "obstore gather"]),
         (f"{p['big_tar'] // MiB} MiB tar streamed", "bigtar", False, ["s3pipes tar streamed"]),
         ("images, 0 ms", "images", False, list(images.CLIENTS)),
         (f"images, +{args.rtt_ms:g} ms", "images", True, list(images.CLIENTS)),

@@ -220,3 +220,55 @@ def test_credentials_never_appear(monkeypatch: pytest.MonkeyPatch, bucket: str, 
     seen += [caplog.text, repr(s3), repr(s3.config), repr(dp), pickle.dumps(dp).decode("latin-1"),
              pickle.dumps(s3pipes.S3IterableDataset(f"s3://{bucket}/")).decode("latin-1")]
     assert not [s for s in seen if secret in s or key_id in s]
+
+
+def test_ten_percent_slowdown_shrinks_the_window_and_loses_nothing(endpoint: str, module_bucket: str,
+                                                                   source: dict, caplog) -> None:  # noqa: ANN001
+    """Every tenth GET answered 503 SlowDown: the reader halves what it keeps in flight (logged), grows
+    back by one a round, and every object still arrives once, intact."""
+    urls = sorted(u for u in source if "/objs/" in u)[:300]
+    script = [Fault.error(503) if i % 10 == 5 else None for i in range(2 * len(urls))]
+    with FaultProxy(endpoint, script=script) as proxy, caplog.at_level(logging.INFO, logger="s3pipes"):
+        cfg = S3Config(endpoint_url=proxy.url, max_concurrency=32, max_attempts=10)
+        got = [(u, digest(d)) for u, d in S3Client(cfg).read_many(urls)]
+        slowdowns = sum(r.fault is not None for r in proxy.log)
+    assert got == [(u, source[u]) for u in urls], "each object once, in order, intact"
+    assert slowdowns >= 30
+    cuts = [r.getMessage() for r in caplog.records if "the store is throttling" in r.getMessage()]
+    assert cuts and cuts[0] == "read_s3: the store is throttling; 16 in flight, down from 32", caplog.text
+
+
+def test_window_grows_while_reads_are_waited_for_and_settles_when_it_gains_nothing(monkeypatch, caplog) -> None:  # noqa: ANN001
+    import s3pipes._concurrent as c
+
+    monkeypatch.setattr(c, "_MIN_ROUND", 0.0)
+    clock = [0.0]
+    monkeypatch.setattr(c.time, "perf_counter", lambda: clock[0])
+    throttles = [0]
+    w = c.Window(8, 64, lambda: throttles[0])
+
+    def round_(seconds_each: float, waited: float) -> None:
+        for _ in range(w.size):
+            clock[0] += seconds_each
+            w.finished(waited * seconds_each)
+
+    with caplog.at_level(logging.INFO, logger="s3pipes"):
+        sizes = [w.size]
+        for _ in range(4):  # latency-bound: each round takes as long, with more in flight, so the rate grows
+            round_(0.01 * 8 / w.size, waited=0.9)
+            sizes.append(w.size)
+        assert sizes == [8, 10, 12, 15, 18], sizes
+        round_(0.08 / 15, waited=0.9)  # no faster than the round at 15: settled
+        assert w.size == 18 and "settled at 18 in flight" in caplog.text
+        throttles[0] += 3
+        w.finished(0.0)
+        assert w.size == 9, "halved once, however many requests were throttled in the round"
+        throttles[0] += 1
+        round_(0.001, waited=0.0)
+        assert w.size == 9, "the round that was cut does not grow"
+        round_(0.001, waited=0.0)
+        assert w.size == 10, "then one more a round"
+    fixed = c.Window(16)
+    for _ in range(100):
+        fixed.finished(1.0)
+    assert fixed.size == 16, "a window given as a number stays put"

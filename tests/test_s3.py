@@ -195,16 +195,16 @@ def test_read_20mib_whole_in_parallel_parts(big: tuple[str, bytes], spy: FaultPr
     s3 = S3Client(S3Config(endpoint_url=spy.url, part_size=MiB))
     assert s3.read(url) == data
     calls = spy.gets()
-    assert len(calls) == 20, "one GET for the first part, then one ranged GET per remaining part"
+    assert len(calls) == 11, "one GET for the first part, then the other 19 MiB in parts of at most 2 MiB"
     first = calls[0].headers  # obstore asks for the first part, boto3 for all and stops after a part
     assert first.get("range", f"bytes=0-{MiB - 1}") == f"bytes=0-{MiB - 1}" and "if-match" not in first
     assert sorted(c.headers["range"] for c in calls[1:]) == sorted(
-        f"bytes={i * MiB}-{(i + 1) * MiB - 1}" for i in range(1, 20))
+        f"bytes={s}-{min(s + 2 * MiB, 20 * MiB) - 1}" for s in range(MiB, 20 * MiB, 2 * MiB))
     etags = {c.headers.get("if-match") for c in calls[1:]}
     assert len(etags) == 1 and None not in etags, "parts must be pinned to the first response's ETag"
     spy.log.clear()
     assert S3Client(S3Config(endpoint_url=spy.url)).read(url) == data
-    assert len(spy.gets()) == 3, "20 MiB in the default 8 MiB parts"
+    assert len(spy.gets()) == 7, "a first part of 8 MiB, then 12 MiB cut in six, to arrive in parallel"
 
 
 def test_read_ranges_of_20mib(big: tuple[str, bytes]) -> None:
@@ -588,7 +588,14 @@ def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
         assert not too_big.done()
         b.give(5, head=2)
         assert too_big.result(timeout=5) == 20, "the oldest object passes even when larger than the budget"
-        stuck = pool.submit(b.take, 3, 100)
+        b.give(20, head=3)
+        assert b.take(4, 6) == 6, "room to spare: a later object need not wait for an earlier one"
+        waits, late = pool.submit(b.take, 5, 8), pool.submit(b.take, 6, 2)
+        time.sleep(0.2)
+        assert not waits.done() and not late.done(), "6 fits, but 5 asked first: room goes in ticket order"
+        b.give(6)
+        assert waits.result(timeout=5) == 8 and late.result(timeout=5) == 2
+        stuck = pool.submit(b.take, 7, 100)
         b.close()
         with pytest.raises(CancelledError):
             stuck.result(timeout=5)  # nothing will be consumed any more: a waiting object gives up

@@ -43,9 +43,9 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
     """Reads each object URL into ``(url, bytes)``, or ``(url, file)`` with ``stream=True``
     (functional name: ``read_s3``).
 
-    Many GETs stay in flight (``concurrency``, default ``config.max_concurrency``; see
-    :meth:`S3Client.read_many`), since one request at a time caps a worker at a few dozen objects a
-    second. The first GET of an object asks for its first part (``config.part_size``); the rest of a
+    Many GETs stay in flight (see :meth:`S3Client.read_many`), since one request at a time caps a
+    worker at a few dozen objects a second: by default ``config.max_concurrency`` to start with, more
+    while the store's latency is what the reader waits on, and half as many each time S3 throttles. The first GET of an object asks for its first part (``config.part_size``); the rest of a
     larger object comes as parallel ranged parts. Output keeps input order unless ``ordered=False``.
 
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
@@ -71,7 +71,8 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         source_datapipe: object URLs, usually from ``list_s3``: an ``IterDataPipe`` or iterable of them,
             or one URL.
         stream: yield seekable streaming file objects instead of bytes (default ``False``: bytes).
-        concurrency: GETs in flight (default ``None``: ``config.max_concurrency``).
+        concurrency: objects in flight at most (default ``None``: adapted, from
+            ``config.max_concurrency`` up to four times that); fewer while S3 throttles.
         ordered: yield in input order (default ``True``); ``False`` yields each object as it arrives.
         shard: split the objects across ranks and workers (default ``None``: on, unless a
             ``sharding_filter`` is upstream).
@@ -113,7 +114,7 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
         self.client = S3Client(config)
         self.cache = ShardCache(cache_dir, cache_limit) if cache_dir else None
         self.stream, self.ordered = stream, ordered
-        self.concurrency = concurrency or self.client.config.max_concurrency
+        self.concurrency = concurrency
         if shard is None:
             shard = not any(_is_sharding_datapipe(p) for p in get_all_graph_pipes(traverse_dps(source_datapipe)))
         self.shard = shard
@@ -231,7 +232,8 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
             if store[1]:
                 yield from store[0].read_many(run, self.concurrency, self.ordered)
             else:
-                yield from imap(self._read, run, self.concurrency, self.ordered)
+                yield from imap(self._read, run, self.concurrency or self.client.config.max_concurrency,
+                                self.ordered)
 
     def _open(self, url: str) -> BinaryIO:
         store = client_for(url, self.client.config)

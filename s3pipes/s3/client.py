@@ -17,7 +17,8 @@ import botocore.exceptions
 
 from ..config import S3Config
 from ..errors import BucketNotFoundError
-from . import engine
+from .._concurrent import Window
+from . import engine, usage
 from .env import boto_client, engine_for, pool, resolve
 from .errors import Failure, from_botocore, translate
 from .files import S3RawFile, S3Writer
@@ -213,15 +214,19 @@ class S3Client:
 
     def read_many(self, urls: Iterable[str], concurrency: int | None = None, ordered: bool = True,
                   max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
-        """``(url, bytes)`` for each URL, with up to ``concurrency`` objects (default
-        ``config.max_concurrency``) in flight, each in a thread, in input order unless ``ordered=False``.
+        """``(url, bytes)`` for each URL, each object read in a thread, in input order unless
+        ``ordered=False``. Objects in flight: at most ``concurrency``; by default (``None``) from
+        ``config.max_concurrency`` up to four times that while the consumer waits on the reads and
+        throughput still grows. Either way the count halves each time S3 throttles (503 SlowDown) and
+        grows back by one a round (see :class:`~s3pipes._concurrent.Window`; ``-v`` logs it).
 
         URLs are pulled only as slots free up. Large objects arrive as parallel ranged parts, and the
         bodies fetched but not yet consumed stay under ``max_bytes`` (default 16 parts; the oldest
         object always passes). The first failure is raised; the rest are cancelled.
         """
-        yield from engine.read_many(self._read_held, urls, concurrency or self.config.max_concurrency, ordered,
-                                    max_bytes or 16 * self.config.part_size)
+        start = concurrency or self.config.max_concurrency
+        window = Window(start, concurrency or 4 * start, usage.throttled, "read_s3")
+        yield from engine.read_many(self._read_held, urls, window, ordered, max_bytes or 16 * self.config.part_size)
 
     def open(self, url: str, buffer_size: int = 1 << 20) -> io.BufferedReader:
         """A seekable, read-only file over the object that streams: read in order, it keeps two ranged

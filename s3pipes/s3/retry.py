@@ -148,19 +148,24 @@ def send(engine: Engine, key: str, start: int, end: int | None, etag: str | None
     return res
 
 
-def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = False) -> list[Any]:
-    """The body of ``res``, as buffers to join once. A body that breaks or ends short is requested again
-    from the byte reached, pinned to the ETag so a replaced object is an error, not a splice, until
-    ``breaks`` gives up. ``whole`` (or a small body) asks the engine to collect it in one call (see
-    :meth:`Response.chunks`)."""
+def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = False,
+         into: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """The body of ``res``, as buffers to join once, or handed to ``into(position, buffer)`` as they
+    arrive (nothing is returned then). A body that breaks or ends short is requested
+    again from the byte reached, pinned to the ETag so a replaced object is an error, not a splice,
+    until ``breaks`` gives up. ``whole`` (or a small body) asks the engine to collect it in one call
+    (see :meth:`Response.chunks`)."""
     pos, end = res.start, res.end
-    whole = whole or end - pos <= _WHOLE
+    whole = into is None and (whole or end - pos <= _WHOLE)
     chunks: list[Any] = []
     while True:
         first = pos
         try:
             for chunk in res.chunks(whole):
-                chunks.append(chunk)
+                if into is None:
+                    chunks.append(chunk)
+                else:
+                    into(pos, chunk)
                 pos += len(chunk)
             if pos >= end:
                 return chunks

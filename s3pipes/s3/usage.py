@@ -180,3 +180,8 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def throttled() -> int:
+    """Attempts S3 has throttled in this process so far (read without the lock: one int)."""
+    return _counts[THROTTLED]
