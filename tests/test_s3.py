@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -578,7 +579,7 @@ def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
 
     b = Budget(10)
     assert b.take(0, 8) == 8
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(3) as pool, contextlib.closing(b):  # a failed check frees the waiting threads
         fits_later, too_big = pool.submit(b.take, 1, 5), pool.submit(b.take, 2, 20)
         time.sleep(0.2)
         assert not fits_later.done() and not too_big.done(), "over the budget: wait"
@@ -590,7 +591,9 @@ def test_budget_bounds_bytes_and_lets_the_oldest_pass() -> None:
         assert too_big.result(timeout=5) == 20, "the oldest object passes even when larger than the budget"
         b.give(20, head=3)
         assert b.take(4, 6) == 6, "room to spare: a later object need not wait for an earlier one"
-        waits, late = pool.submit(b.take, 5, 8), pool.submit(b.take, 6, 2)
+        waits = pool.submit(b.take, 5, 8)
+        time.sleep(0.2)
+        late = pool.submit(b.take, 6, 2)
         time.sleep(0.2)
         assert not waits.done() and not late.done(), "6 fits, but 5 asked first: room goes in ticket order"
         b.give(6)

@@ -136,8 +136,8 @@ class Budget:
             with self.lock:
                 if self.closed:
                     raise CancelledError
+                self.waiting.pop(ticket, None)  # not in its own way
                 if self._may(ticket, n):
-                    self.waiting.pop(ticket, None)
                     return self._grant(n)
                 event = self.waiting[ticket] = event or threading.Event()
                 event.clear()
