@@ -24,6 +24,9 @@ _new = ctypes.pythonapi.PyBytes_FromStringAndSize
 _new.restype = ctypes.py_object
 _new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 _DATA = bytes.__basicsize__ - 1  # where a bytes object's data starts (ob_sval; basicsize counts its NUL)
+_probe = b"s3pipes"
+if ctypes.string_at(id(_probe) + _DATA, len(_probe)) != _probe:  # CPython's layout, checked once
+    raise ImportError("s3pipes needs CPython: its bytes objects are laid out differently here")
 _HUGE = 2 << 20
 _ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)
 _madvise = None
