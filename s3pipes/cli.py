@@ -108,7 +108,7 @@ def bench(args: argparse.Namespace) -> None:
             bar.update(n)
     seconds = time.perf_counter() - start
     print(f"bench: {len(objects)} objects, {human_bytes(read)} in {seconds:.1f} s: {read / 1e6 / seconds:.1f} MB/s, "
-          f"{len(objects) / seconds:.1f} objects/s (concurrency {args.concurrency}, {args.workers} workers"
+          f"{len(objects) / seconds:.1f} objects/s (concurrency {args.concurrency or 'adapted'}, {args.workers} workers"
           f"{', stream' if args.stream else ''})")
     print(f"bench usage: {listing + usage(loader)}")
 
@@ -157,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
                        description="Read every object under a prefix through read_s3 in a DataLoader and "
                                    "report MB/s and objects/s.")
     store_options(b)
-    b.add_argument("--concurrency", type=int, metavar="N", default=16, help="requests in flight per worker (default 16)")
+    b.add_argument("--concurrency", type=int, metavar="N", default=None,
+                   help="objects in flight per worker at most (default: adapted, from 64; -v logs where it settles)")
     b.add_argument("--workers", type=int, metavar="N", default=2, help="DataLoader workers (default 2; 0 reads in this process)")
     b.add_argument("--stream", action="store_true", help="read objects as streams (read_s3(stream=True))")
     b.set_defaults(run=bench)

@@ -334,3 +334,38 @@ def test_200mib_tar_streams_in_bounded_memory(boto, bucket: str, tmp_path) -> No
     assert (n, total) == (200, 200 * (1 << 20))
     # three 8 MiB parts in flight, each briefly twice (object_store collects it, then Python copies it)
     assert growth < 64 * (1 << 20), f"streaming a 200 MiB tar grew peak RSS by {growth / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("fmt", ["ustar", "gnu", "pax"])
+def test_tar_in_memory_reads_every_header_kind_as_tarfile_does(fmt: str) -> None:
+    """Shards in memory have their plain headers read without tarfile; whatever else a tar holds (long
+    names, a ustar prefix, pax headers, links, directories, a non-UTF-8 name) is handed to tarfile from
+    that header on. Either way the members are those tarfile streams out of the same bytes."""
+    import io
+    import tarfile
+
+    from s3pipes.pipes.tar import iter_tar
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=getattr(tarfile, f"{fmt.upper()}_FORMAT")) as t:
+        def add(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.type = (len(data) if kind == tarfile.REGTYPE else 0), kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "a.bin"
+            t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("a.bin", b"x" * 1000)
+        add("dir", kind=tarfile.DIRTYPE)
+        add("dir/empty.txt")
+        add("é.txt", "ü".encode() * 7)
+        add("p/" * 60 + "under-a-prefix.bin", b"p" * 513)  # ustar: a prefix; gnu and pax: a long name
+        add("link", kind=tarfile.SYMTYPE)
+        add("after-the-link.bin", b"z" * 512)
+        if fmt != "ustar":
+            add("n/" * 80 + "long-name.bin", b"l" * 3)
+    data = buf.getvalue()
+    expected = list(iter_tar("s3://b/s.tar", io.BytesIO(data)))  # a stream: tarfile throughout
+    assert [n.rsplit("/", 1)[-1] for n, _ in expected][:4] == ["a.bin", "empty.txt", "é.txt", "under-a-prefix.bin"]
+    assert list(iter_tar("s3://b/s.tar", data)) == expected
+    assert list(iter_tar("s3://b/s.tar", memoryview(data))) == expected

@@ -33,6 +33,44 @@ class _StrictTarInfo(tarfile.TarInfo):
             ) from e
 
 
+_BLOCK = 512
+_ZEROS = bytes(_BLOCK)
+
+
+class _Headers:
+    """``(name, data offset, size)`` of each regular file of an uncompressed tar in memory, read header
+    by header here rather than by tarfile (about 4 µs a header against tarfile's 15: a quarter of what a
+    100 KiB sample cost). Only plain headers are read so: a right unsigned checksum, an octal size, a
+    regular file or a directory, a UTF-8 name with no ustar prefix. At anything else (pax or GNU
+    long-name headers, links, a bad or cut header) it stops at ``pos`` without ``ended``, and tarfile
+    reads on from there, with its own handling and its own errors. ``ended``: the end-of-archive block."""
+
+    def __init__(self, buf: Payload) -> None:
+        self.buf, self.pos, self.ended = buf, 0, False
+
+    def __iter__(self) -> Iterator[tuple[str, int, int]]:
+        buf, n = self.buf, len(self.buf)  # type: ignore[arg-type]
+        while self.pos + _BLOCK <= n:
+            h = bytes(buf[self.pos : self.pos + _BLOCK])  # type: ignore[index]
+            if h == _ZEROS:
+                self.ended = True
+                return
+            kind = h[156:157]
+            if kind not in (b"0", b"\0", b"5") or h[345] != 0:
+                return
+            try:
+                size, checksum = int(h[124:136].strip(b"\0 ") or b"0", 8), int(h[148:156].strip(b"\0 "), 8)
+                name = h[:100].split(b"\0", 1)[0].decode()
+            except ValueError:  # UnicodeDecodeError too
+                return
+            if checksum != sum(h) - sum(h[148:156]) + 256:  # the checksum field counts as eight spaces
+                return
+            data = self.pos + _BLOCK
+            self.pos = data + -(-size // _BLOCK) * _BLOCK
+            if kind != b"5" and not (kind == b"\0" and name.endswith("/")):  # tarfile's old-style directory
+                yield name, data, size
+
+
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
     """``(shard/member, bytes)`` for each regular file of one tar. An uncompressed tar in memory is
     read by seeking from header to header and slicing each member out; anything else is read as a
@@ -46,6 +84,23 @@ def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
     with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
         if left == 0:
             return
+        if sliced:
+            headers = _Headers(payload)
+            for name, offset, size in headers:
+                member[0] = name
+                if skip:
+                    skip -= 1
+                    continue
+                data = bytes(payload[offset : offset + size])  # type: ignore[index]
+                if len(data) != size:
+                    raise tarfile.ReadError(f"member ends after {len(data)} of {size} bytes")
+                yield f"{shard}/{name}", data
+                left -= 1
+                if left == 0:
+                    return
+            if headers.ended:
+                return
+            f.seek(headers.pos)  # tarfile reads on from the header it stopped at, offsets still the shard's
         with tarfile.open(fileobj=f, mode="r:" if sliced else "r|*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 member[0] = info.name
