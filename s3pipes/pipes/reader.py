@@ -226,14 +226,13 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
     def _read_many(self, urls: Iterator[str]) -> Iterator[tuple[str, bytes]]:
         """Each run of consecutive URLs of one store through that store's ``read_many`` (many GETs in
         flight on one S3 client), so a source may mix stores and keep its order; cached objects and
-        parts of shards (with an index) one per thread, ``concurrency`` at a time."""
+        parts of shards (with an index) one per thread, as many at once as :meth:`S3Client.window` says."""
         for store, run in itertools.groupby(urls, lambda url: (client_for(url, self.client.config),
                                                                self.cache is None and not isinstance(url, Part))):
             if store[1]:
                 yield from store[0].read_many(run, self.concurrency, self.ordered)
             else:
-                yield from imap(self._read, run, self.concurrency or self.client.config.max_concurrency,
-                                self.ordered)
+                yield from imap(self._read, run, self.client.window(self.concurrency), self.ordered)
 
     def _open(self, url: str) -> BinaryIO:
         store = client_for(url, self.client.config)

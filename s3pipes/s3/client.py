@@ -224,9 +224,14 @@ class S3Client:
         bodies fetched but not yet consumed stay under ``max_bytes`` (default 16 parts; the oldest
         object always passes). The first failure is raised; the rest are cancelled.
         """
+        yield from engine.read_many(self._read_held, urls, self.window(concurrency), ordered,
+                                    max_bytes or 16 * self.config.part_size)
+
+    def window(self, concurrency: int | None = None) -> Window:
+        """What a reader keeps in flight: at most ``concurrency`` objects, or by default from
+        ``config.max_concurrency`` up to four times that; halved each time S3 throttles."""
         start = concurrency or self.config.max_concurrency
-        window = Window(start, concurrency or 4 * start, usage.throttled, "read_s3")
-        yield from engine.read_many(self._read_held, urls, window, ordered, max_bytes or 16 * self.config.part_size)
+        return Window(start, concurrency or 4 * start, usage.throttled, "read_s3")
 
     def open(self, url: str, buffer_size: int = 1 << 20) -> io.BufferedReader:
         """A seekable, read-only file over the object that streams: read in order, it keeps two ranged
