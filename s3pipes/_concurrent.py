@@ -18,8 +18,8 @@ class Window:
 
     Adapted once per round (``size`` results), as TCP adapts its window. While the consumer mostly
     waited for results in a round and that round's throughput beat the best so far by 5 %, the window
-    grows by a quarter: latency, not the consumer, is the limit. The first round that gains nothing
-    settles it (logged). When ``throttles()`` (a count of requests the store refused as too many) has
+    grows by a quarter: latency, not the consumer, is the limit. Two rounds in a row that gain nothing
+    settle it (logged). When ``throttles()`` (a count of requests the store refused as too many) has
     risen, the window halves (logged), at most once a round, and then grows back by one a round
     (additive increase, multiplicative decrease), so that many readers on one prefix back off together.
     """
@@ -32,7 +32,7 @@ class Window:
         self._seen = throttles() if throttles else 0
         self._growing = self.limit > self.size
         self._cut = self._backed_off = False
-        self._best = 0.0
+        self._best, self._flat = 0.0, 0  # the best rate of a round so far; rounds since it last grew
         self._round()
 
     def _round(self) -> None:
@@ -58,11 +58,12 @@ class Window:
         elif self._growing:
             starved = self._waited > elapsed / 2
             if starved and rate > 1.05 * self._best:
-                self._best = rate
+                self._best, self._flat = rate, 0
                 self.size = min(self.limit, self.size + max(1, self.size // 4))
                 self._growing = self.size < self.limit
             else:
-                self._growing = False
+                self._flat += 1
+                self._growing = self._flat < _PATIENCE
             if not self._growing:
                 log.info("%s: settled at %d in flight (%.0f a second)", self._name, self.size, rate)
         elif self._backed_off and self.size < self.limit:
@@ -70,7 +71,10 @@ class Window:
         self._round()
 
 
-_MIN_ROUND = 0.1  # seconds: a round shorter than this measures noise, not throughput
+_MIN_ROUND = 0.2  # seconds: a round shorter than this measures noise, not throughput
+# Rounds in a row that gain nothing before the window settles: one round's rate on a busy machine is
+# noisy, and one bad round settled a reader at 64 in flight where 195 doubled its rate at +40 ms.
+_PATIENCE = 2
 
 
 def imap(fn: Callable[[A], B], items: Iterable[A], window: int | Window, ordered: bool = True) -> Iterator[tuple[A, B]]:
