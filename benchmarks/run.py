@@ -175,6 +175,16 @@ def start_delay(upstream: int, rtt_ms: float) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def stop(started: list[subprocess.Popen]) -> None:
+    """End the processes this run started, by PID, last started first."""
+    for proc in reversed(started):
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _tree_cpu(pid: int) -> float:
     import psutil
 
@@ -310,12 +320,7 @@ def main() -> None:
                     results.append(r)
                     print(_line(r), flush=True)
         finally:
-            for proc in reversed(started):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(started)
     report(results, p, args)
 
 

@@ -238,12 +238,7 @@ def main() -> None:
                       f"{out['bytes'] / 1e9:.2f} GB, aborts so far {len(aborts)}, errors {len(errors)}",
                       file=sys.stderr, flush=True)
         finally:
-            for proc in reversed(started):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            run.stop(started)
 
     summary = {"minutes": round((time.monotonic() - t0) / 60, 2), "burners": args.burners,
                "workers": args.workers, **{k: v for k, v in total.items() if k != "bytes"},
