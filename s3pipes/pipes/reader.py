@@ -45,8 +45,9 @@ class S3Reader(Resumable[ReadPos, tuple[str, Payload]], IterDataPipe[tuple[str, 
 
     Many GETs stay in flight (see :meth:`S3Client.read_many`), since one request at a time caps a
     worker at a few dozen objects a second: by default ``config.max_concurrency`` to start with, more
-    while the store's latency is what the reader waits on, and half as many each time S3 throttles. The first GET of an object asks for its first part (``config.part_size``); the rest of a
-    larger object comes as parallel ranged parts. Output keeps input order unless ``ordered=False``.
+    while the store's latency is what the reader waits on, and half as many each time S3 throttles.
+    The first GET of an object asks for its first part (``config.part_size``); the rest of a larger
+    object comes as parallel ranged parts. Output keeps input order unless ``ordered=False``.
 
     It also splits the objects across ``torch.distributed`` ranks and DataLoader workers (the
     DataLoader calls ``apply_sharding``), by position, before any GET: no ``sharding_filter`` is

@@ -47,10 +47,9 @@ class Engine(Protocol):
         retried as S3 allows, and wait for the headers."""
 
 
-def get(engine: Engine, key: str, start: int, end: int, etag: str | None, breaks: Breaks,
-        whole: bool = False) -> list[Any]:
+def get(engine: Engine, key: str, start: int, end: int, etag: str | None, breaks: Breaks) -> list[Any]:
     """Bytes ``[start, end)``, as buffers to join."""
-    return body(engine, key, send(engine, key, start, end, etag), breaks, whole)
+    return body(engine, key, send(engine, key, start, end, etag), breaks)
 
 
 # A large object's rest (after the first part) is cut into about this many parts, all in flight at once

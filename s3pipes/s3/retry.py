@@ -148,15 +148,15 @@ def send(engine: Engine, key: str, start: int, end: int | None, etag: str | None
     return res
 
 
-def body(engine: Engine, key: str, res: Response, breaks: Breaks, whole: bool = False,
+def body(engine: Engine, key: str, res: Response, breaks: Breaks,
          into: Callable[[int, Any], None] | None = None) -> list[Any]:
     """The body of ``res``, as buffers to join once, or handed to ``into(position, buffer)`` as they
-    arrive (nothing is returned then). A body that breaks or ends short is requested
-    again from the byte reached, pinned to the ETag so a replaced object is an error, not a splice,
-    until ``breaks`` gives up. ``whole`` (or a small body) asks the engine to collect it in one call
-    (see :meth:`Response.chunks`)."""
+    arrive (nothing is returned then). A body that breaks or ends short is requested again from the
+    byte reached, pinned to the ETag so a replaced object is an error, not a splice, until ``breaks``
+    gives up. A small body to be joined is collected by the engine in one call (see
+    :meth:`Response.chunks`)."""
     pos, end = res.start, res.end
-    whole = into is None and (whole or end - pos <= _WHOLE)
+    whole = into is None and end - pos <= _WHOLE
     chunks: list[Any] = []
     while True:
         first = pos
