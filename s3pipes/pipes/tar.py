@@ -6,7 +6,8 @@ import gzip
 import lzma
 import tarfile
 import zlib
-from typing import Iterator
+from contextlib import closing
+from typing import BinaryIO, Callable, Iterator
 
 from torch.utils.data.datapipes._decorator import functional_datapipe
 
@@ -71,6 +72,32 @@ class _Headers:
                 yield name, data, size
 
 
+def _regular(payload: Payload, f: BinaryIO, sliced: bool,
+             member: list[str]) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
+    """Name, size and a reader of each regular file of one tar, in archive order: the plain headers of
+    a tar in memory (``sliced``) by :class:`_Headers`, anything else by tarfile, from the header where
+    those stop. ``member[0]`` names the entry reached, for an error's message."""
+    if sliced:
+        headers = _Headers(payload)
+        for name, offset, size in headers:
+            member[0] = name
+            yield name, size, lambda o=offset, n=size: bytes(payload[o : o + n])  # type: ignore[index]
+        if headers.ended:
+            return
+        f.seek(headers.pos)  # tarfile reads on from the header it stopped at, offsets still the shard's
+    with tarfile.open(fileobj=f, mode="r:" if sliced else "r|*", tarinfo=_StrictTarInfo) as tar:
+        for info in tar:
+            member[0] = info.name
+            tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
+            if not info.isreg():
+                continue
+            if sliced:
+                start, end = info.offset_data, info.offset_data + info.size
+                yield info.name, info.size, lambda s=start, e=end: bytes(payload[s:e])  # type: ignore[index]
+            else:
+                yield info.name, info.size, lambda i=info: tar.extractfile(i).read()  # type: ignore[union-attr]
+
+
 def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
     """``(shard/member, bytes)`` for each regular file of one tar. An uncompressed tar in memory is
     read by seeking from header to header and slicing each member out; anything else is read as a
@@ -84,39 +111,15 @@ def iter_tar(shard: str, payload: Payload) -> Iterator[tuple[str, bytes]]:
     with payload_file(payload) as f, naming_corruption("tar", shard, _CORRUPT, member):
         if left == 0:
             return
-        if sliced:
-            headers = _Headers(payload)
-            for name, offset, size in headers:
-                member[0] = name
+        with closing(_regular(payload, f, sliced, member)) as members:
+            for name, size, read in members:
                 if skip:
                     skip -= 1
                     continue
-                data = bytes(payload[offset : offset + size])  # type: ignore[index]
+                data = read()
                 if len(data) != size:
                     raise tarfile.ReadError(f"member ends after {len(data)} of {size} bytes")
                 yield f"{shard}/{name}", data
-                left -= 1
-                if left == 0:
-                    return
-            if headers.ended:
-                return
-            f.seek(headers.pos)  # tarfile reads on from the header it stopped at, offsets still the shard's
-        with tarfile.open(fileobj=f, mode="r:" if sliced else "r|*", tarinfo=_StrictTarInfo) as tar:
-            for info in tar:
-                member[0] = info.name
-                tar.members.clear()  # tarfile keeps every header otherwise: memory grows with the shard
-                if not info.isreg():
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                if sliced:
-                    data = bytes(payload[info.offset_data : info.offset_data + info.size])  # type: ignore[index]
-                else:
-                    data = tar.extractfile(info).read()  # type: ignore[union-attr]
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"member ends after {len(data)} of {info.size} bytes")
-                yield f"{shard}/{info.name}", data
                 left -= 1
                 if left == 0:
                     return
